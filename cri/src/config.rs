@@ -1,0 +1,161 @@
+//! Configuration: a TOML file (`--config`), overridden by flags.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::image::pull::RegistryConfig;
+
+pub const DEFAULT_CONFIG: &str = "/etc/nodelet/cri.toml";
+pub const DEFAULT_SOCKET: &str = "/run/nodelet/cri.sock";
+pub const DEFAULT_ROOT: &str = "/var/lib/nodelet/cri";
+pub const DEFAULT_STATE: &str = "/run/nodelet/cri";
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The CRI unix socket.
+    pub socket: PathBuf,
+    /// Persistent data (images, container metadata).
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot.
+    pub state: PathBuf,
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// A layer unpacking to more bytes than this is rejected.
+    pub max_layer_bytes: u64,
+    /// OCI archives imported at start (air-gapped nodes).
+    pub image_preload_dir: Option<PathBuf>,
+    pub registry: RegistrySection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// Registries (host[:port]) spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// `[registry.mirrors."docker.io"] endpoints = ["http://127.0.0.1:5000"]`
+    pub mirrors: HashMap<String, MirrorSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorSection {
+    pub endpoints: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_SOCKET.into(),
+            root: DEFAULT_ROOT.into(),
+            state: DEFAULT_STATE.into(),
+            max_concurrent_downloads: 3,
+            max_layer_bytes: 32 << 30,
+            image_preload_dir: None,
+            registry: RegistrySection::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default path means defaults, anywhere else
+    /// it is an error.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let (path, explicit) = match path {
+            Some(p) => (p, true),
+            None => (Path::new(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "reading config",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text)
+            .map_err(|e| Error::InvalidArgument(format!("config {}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> std::result::Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Adds a `REGISTRY=ENDPOINT` mirror given on the command line.
+    pub fn add_mirror(&mut self, spec: &str) -> Result<()> {
+        let (registry, endpoint) = spec
+            .split_once('=')
+            .filter(|(r, e)| !r.is_empty() && !e.is_empty())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "registry mirror {spec:?} must be REGISTRY=ENDPOINT"
+                ))
+            })?;
+        self.registry
+            .mirrors
+            .entry(registry.to_string())
+            .or_default()
+            .endpoints
+            .push(endpoint.to_string());
+        Ok(())
+    }
+
+    pub fn registry_config(&self) -> RegistryConfig {
+        RegistryConfig {
+            mirrors: self
+                .registry
+                .mirrors
+                .iter()
+                .map(|(k, v)| (k.clone(), v.endpoints.clone()))
+                .collect(),
+            insecure: self.registry.insecure.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_full_file() {
+        let cfg = Config::parse(
+            r#"
+            socket = "/tmp/x.sock"
+            root = "/tmp/root"
+            max_concurrent_downloads = 5
+            [registry]
+            insecure = ["127.0.0.1:5000"]
+            [registry.mirrors."docker.io"]
+            endpoints = ["http://127.0.0.1:5001"]
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(cfg.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(cfg.state, PathBuf::from(DEFAULT_STATE));
+        assert_eq!(cfg.max_concurrent_downloads, 5);
+        let reg = cfg.registry_config();
+        assert_eq!(reg.mirrors["docker.io"], vec!["http://127.0.0.1:5001"]);
+        assert_eq!(reg.insecure, vec!["127.0.0.1:5000"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_mirrors_are_errors() {
+        let err = Config::parse("sockett = \"/x\"").expect_err("typo must fail");
+        assert!(err.to_string().contains("sockett"), "{err}");
+        let mut cfg = Config::default();
+        assert!(cfg.add_mirror("docker.io").is_err());
+        cfg.add_mirror("docker.io=http://127.0.0.1:1").expect("ok");
+        assert_eq!(cfg.registry.mirrors["docker.io"].endpoints.len(), 1);
+        let missing = Config::load(Some(Path::new("/nonexistent/cri.toml")));
+        assert!(missing.is_err());
+    }
+}

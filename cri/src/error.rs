@@ -1,0 +1,75 @@
+//! The crate's error type and the one place where errors become gRPC status codes.
+
+use std::path::PathBuf;
+
+use crate::image;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    #[error(transparent)]
+    Image(#[from] image::Error),
+    #[error("{what} at {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        use tonic::Code;
+        let code = match &err {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::Image(e) => image_code(e),
+            Error::Io { .. } => Code::Internal,
+        };
+        // The full chain, so crictl shows the cause and not only the outer context.
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !message.contains(&text) {
+                message.push_str(": ");
+                message.push_str(&text);
+            }
+            source = s.source();
+        }
+        tonic::Status::new(code, message)
+    }
+}
+
+fn image_code(err: &image::Error) -> tonic::Code {
+    use image::Error as E;
+    use tonic::Code;
+    match err {
+        E::InvalidReference { .. } => Code::InvalidArgument,
+        E::NotFound { .. } => Code::NotFound,
+        E::Registry { .. } | E::AllHostsFailed { .. } => Code::Unavailable,
+        E::Unauthorized { .. } => Code::PermissionDenied,
+        E::NoMatchingPlatform { .. }
+        | E::UnsupportedMediaType { .. }
+        | E::DigestMismatch { .. }
+        | E::BadBlob { .. }
+        | E::SizeMismatch { .. }
+        | E::DiffIdMismatch { .. }
+        | E::BadManifest { .. }
+        | E::BadConfig { .. }
+        | E::Unpack { .. }
+        | E::TooLarge { .. }
+        | E::BadArchive { .. } => Code::FailedPrecondition,
+        E::InUse { .. } => Code::FailedPrecondition,
+        E::Io { .. } | E::Store { .. } | E::Join(_) => Code::Internal,
+    }
+}
