@@ -93,6 +93,15 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         Err(not_yet("ListPodSandbox"))
     }
 
+    type StreamPodSandboxesStream = Stream<v1::StreamPodSandboxesResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        _req: Request<v1::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        Err(not_yet("StreamPodSandboxes"))
+    }
+
     async fn create_container(
         &self,
         _req: Request<v1::CreateContainerRequest>,
@@ -126,6 +135,15 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         _req: Request<v1::ListContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
         Err(not_yet("ListContainers"))
+    }
+
+    type StreamContainersStream = Stream<v1::StreamContainersResponse>;
+
+    async fn stream_containers(
+        &self,
+        _req: Request<v1::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        Err(not_yet("StreamContainers"))
     }
 
     async fn container_status(
@@ -191,6 +209,15 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         Err(not_yet("ListContainerStats"))
     }
 
+    type StreamContainerStatsStream = Stream<v1::StreamContainerStatsResponse>;
+
+    async fn stream_container_stats(
+        &self,
+        _req: Request<v1::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        Err(not_yet("StreamContainerStats"))
+    }
+
     async fn pod_sandbox_stats(
         &self,
         _req: Request<v1::PodSandboxStatsRequest>,
@@ -203,6 +230,15 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         _req: Request<v1::ListPodSandboxStatsRequest>,
     ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
         Err(not_yet("ListPodSandboxStats"))
+    }
+
+    type StreamPodSandboxStatsStream = Stream<v1::StreamPodSandboxStatsResponse>;
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _req: Request<v1::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        Err(not_yet("StreamPodSandboxStats"))
     }
 
     async fn update_runtime_config(
@@ -265,10 +301,26 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         Err(not_yet("ListPodSandboxMetrics"))
     }
 
+    type StreamPodSandboxMetricsStream = Stream<v1::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _req: Request<v1::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        Err(not_yet("StreamPodSandboxMetrics"))
+    }
+
     async fn runtime_config(
         &self,
         _req: Request<v1::RuntimeConfigRequest>,
     ) -> Result<Response<v1::RuntimeConfigResponse>, Status> {
         Err(not_yet("RuntimeConfig"))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _req: Request<v1::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<v1::UpdatePodSandboxResourcesResponse>, Status> {
+        Err(not_yet("UpdatePodSandboxResources"))
     }
 }

@@ -216,6 +216,19 @@ async fn pull_multi_layer_image_then_status_list_fsinfo() -> R {
         .into_inner()
         .images;
     assert_eq!(filtered.len(), 1);
+    let mut stream = c
+        .stream_images(v1::StreamImagesRequest { filter: None })
+        .await?
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        assert!(
+            !msg.images.is_empty(),
+            "every streamed list holds at least one image"
+        );
+        streamed.extend(msg.images);
+    }
+    assert_eq!(streamed, all);
 
     // Unpacked content: three layer dirs, files with their modes and owners.
     assert_eq!(node.layer_dirs().len(), 3);
