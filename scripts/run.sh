@@ -15,5 +15,5 @@ mkdir -p "$preload"
 if [ ! -f "$preload/busybox.tar" ]; then
   ./target/release/demo-image --out "$preload/busybox.tar" --name docker.io/library/busybox:latest
 fi
-echo "CRI socket: /run/nodelet/cri.sock (crictl --runtime-endpoint unix:///run/nodelet/cri.sock images)"
+echo "starting cri (default socket /run/nodelet/cri.sock; try: crictl --runtime-endpoint unix:///run/nodelet/cri.sock images)"
 exec ./target/release/cri --image-preload-dir "$preload" "$@"
