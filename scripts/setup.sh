@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the agent and its tests need on Debian 12 (as root). Idempotent.
+# Installs what the agent and its tests need on Debian 12 (as root). Idempotent. Assumes
+# only a Rust toolchain from rustup; everything else comes from Debian.
 set -euo pipefail
 
 packages=(
+  gcc libc6-dev pkg-config ca-certificates          # linking, build scripts, HTTPS
   runc crun containernetworking-plugins iptables   # runtime and pod network
-  docker-registry apache2-utils skopeo umoci      # test registry, htpasswd, image tools
+  iproute2                                         # `ip`, for pod network setup
+  docker-registry apache2-utils skopeo umoci       # test registry, htpasswd, image tools
   busybox-static                                   # test image content
   containerd                                       # peer CRI for interop tests
 )
@@ -24,4 +27,25 @@ for svc in docker-registry containerd; do
     systemctl stop "$svc" || true
   fi
 done
-command -v cargo >/dev/null || { echo "setup: cargo is required (rustup)"; exit 1; }
+
+# rustup puts its tools in ~/.cargo/bin, which a root shell may not have on PATH.
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+  echo "setup: cargo is in $HOME/.cargo/bin; add it to PATH (source \$HOME/.cargo/env)" >&2
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is required (install it with rustup)" >&2; exit 1; }
+# The test command checks formatting and lints: rustfmt and clippy must be there.
+if command -v rustup >/dev/null; then
+  installed=$(rustup component list --installed 2>/dev/null || true)
+  components=()
+  for c in rustfmt clippy; do
+    grep -q "^$c" <<<"$installed" || components+=("$c")
+  done
+  if ((${#components[@]})); then
+    echo "setup: adding rust components ${components[*]}"
+    rustup component add "${components[@]}"
+  fi
+fi
+for tool in rustfmt cargo-clippy; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool is missing (rustup component add ${tool#cargo-})" >&2; exit 1; }
+done

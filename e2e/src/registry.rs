@@ -1,15 +1,22 @@
 //! A real distribution registry (Debian's `docker-registry`) on a loopback port, and
-//! `skopeo` to push image layouts into it.
+//! `skopeo` to push image layouts into it. The registry checks clients with htpasswd
+//! (basic auth) or with bearer tokens from a [`TokenServer`] run here (the token flow of
+//! the distribution spec: a `WWW-Authenticate: Bearer realm=…` challenge, a token from
+//! the realm, then requests carrying it).
 
 use std::fs::{self, File};
-use std::io::ErrorKind;
-use std::net::TcpListener;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
+use serde_json::json;
 use tempfile::TempDir;
 
 use crate::http;
@@ -41,15 +48,28 @@ impl Credentials {
 /// How to start a [`Registry`].
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
-    /// Require these credentials (htpasswd, bcrypt) for every request.
+    /// Require these credentials for every request: checked by the registry itself
+    /// (htpasswd, bcrypt), or by the token server when `token_auth` is set.
     pub auth: Option<Credentials>,
+    /// Accept only bearer tokens from a [`TokenServer`] started with the registry.
+    pub token_auth: bool,
 }
 
 impl RegistryOptions {
-    /// Options for a registry that requires `username`/`password`.
+    /// Options for a registry that requires `username`/`password` (basic auth).
     pub fn with_auth(username: impl Into<String>, password: impl Into<String>) -> Self {
         Self {
             auth: Some(Credentials::new(username, password)),
+            token_auth: false,
+        }
+    }
+
+    /// Options for a registry that takes bearer tokens only; the token server gives them
+    /// to clients presenting `username`/`password`.
+    pub fn with_token_auth(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            auth: Some(Credentials::new(username, password)),
+            token_auth: true,
         }
     }
 }
@@ -62,6 +82,7 @@ pub struct Registry {
     auth: Option<Credentials>,
     storage: PathBuf,
     log: PathBuf,
+    token: Option<TokenServer>,
     // Last, so the directory outlives the child that writes into it.
     _dir: TempDir,
 }
@@ -76,9 +97,15 @@ impl Registry {
             .context("create registry temp dir")?;
         let storage = dir.path().join("storage");
         fs::create_dir(&storage).with_context(|| format!("create {}", storage.display()))?;
-        let htpasswd = match &opts.auth {
-            Some(creds) => Some(write_htpasswd(dir.path(), creds)?),
-            None => None,
+        let token = if opts.token_auth {
+            Some(TokenServer::start(dir.path(), opts.auth.clone())?)
+        } else {
+            None
+        };
+        let auth = match (&token, &opts.auth) {
+            (Some(t), _) => Some(AuthConfig::Token(t)),
+            (None, Some(creds)) => Some(AuthConfig::Htpasswd(write_htpasswd(dir.path(), creds)?)),
+            (None, None) => None,
         };
         let config = dir.path().join("config.yml");
         let log = dir.path().join("registry.log");
@@ -87,7 +114,7 @@ impl Registry {
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
             let addr = format!("127.0.0.1:{port}");
-            fs::write(&config, config_yaml(&addr, &storage, htpasswd.as_deref()))
+            fs::write(&config, config_yaml(&addr, &storage, auth.as_ref()))
                 .with_context(|| format!("write {}", config.display()))?;
             let mut child = spawn(&config, &log)?;
             match wait_ready(&mut child, &addr, &log) {
@@ -98,6 +125,7 @@ impl Registry {
                         auth: opts.auth,
                         storage,
                         log,
+                        token,
                         _dir: dir,
                     });
                 }
@@ -148,6 +176,11 @@ impl Registry {
             .join("data")
     }
 
+    /// The token server, when the registry takes bearer tokens.
+    pub fn token_server(&self) -> Option<&TokenServer> {
+        self.token.as_ref()
+    }
+
     /// The registry's own log (stdout and stderr, access log included).
     pub fn log_path(&self) -> &Path {
         &self.log
@@ -159,7 +192,8 @@ impl Registry {
         push(layout_dir, &self.addr, reference, self.credentials())
     }
 
-    /// `GET path` with this registry's credentials (if any) and extra headers.
+    /// `GET path` with this registry's credentials (if any, as basic auth: a registry
+    /// with token auth answers 401) and extra headers.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<http::Response> {
         let auth = self.credentials().map(|(u, p)| http::basic_auth(u, p));
         let mut all = headers.to_vec();
@@ -224,7 +258,13 @@ fn write_htpasswd(dir: &Path, creds: &Credentials) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn config_yaml(addr: &str, storage: &Path, htpasswd: Option<&Path>) -> String {
+/// How the registry is told to check clients.
+enum AuthConfig<'a> {
+    Htpasswd(PathBuf),
+    Token(&'a TokenServer),
+}
+
+fn config_yaml(addr: &str, storage: &Path, auth: Option<&AuthConfig<'_>>) -> String {
     // JSON strings are valid YAML scalars, which quotes paths safely.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     let root = quote(&storage.to_string_lossy());
@@ -249,11 +289,19 @@ fn config_yaml(addr: &str, storage: &Path, htpasswd: Option<&Path>) -> String {
         "",
     ]
     .join("\n");
-    if let Some(path) = htpasswd {
-        yaml.push_str(&format!(
+    match auth {
+        Some(AuthConfig::Htpasswd(path)) => yaml.push_str(&format!(
             "auth:\n  htpasswd:\n    realm: nodelet-e2e\n    path: {}\n",
             quote(&path.to_string_lossy())
-        ));
+        )),
+        Some(AuthConfig::Token(t)) => yaml.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            quote(&t.realm()),
+            quote(TOKEN_SERVICE),
+            quote(TOKEN_ISSUER),
+            quote(&t.cert.to_string_lossy())
+        )),
+        None => {}
     }
     yaml
 }
@@ -385,6 +433,294 @@ fn layout_root_is_index(layout_dir: &Path) -> Result<bool> {
     ))
 }
 
+/// `service` the registry names in its challenge and expects as token audience.
+pub const TOKEN_SERVICE: &str = "nodelet-e2e-registry";
+/// `iss` of every token the [`TokenServer`] signs.
+pub const TOKEN_ISSUER: &str = "nodelet-e2e-token-server";
+/// Lifetime of an issued token.
+const TOKEN_TTL_SECS: u64 = 300;
+/// Largest request head the token server reads.
+const MAX_REQUEST_HEAD: usize = 16 << 10;
+
+/// One request the token server answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    /// The user of the basic credentials presented, if any.
+    pub user: Option<String>,
+    /// `scope` parameters as asked, e.g. `repository:private/img:pull`.
+    pub scopes: Vec<String>,
+    /// Whether a token was issued.
+    pub granted: bool,
+}
+
+/// A token server on a loopback port for a registry in `auth: token` mode. Tokens are
+/// RS256 JWTs carrying their certificate in `x5c`, signed by `openssl` with a key made
+/// for this server; every scope asked for is granted, to clients presenting the
+/// configured basic credentials (or to everyone when there are none). Stops on drop.
+#[derive(Debug)]
+pub struct TokenServer {
+    addr: String,
+    cert: PathBuf,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What the serving thread needs.
+struct Issuer {
+    key: PathBuf,
+    /// Base64 DER of the certificate, the single `x5c` entry.
+    cert_der_b64: String,
+    creds: Option<Credentials>,
+    requests: Arc<Mutex<Vec<TokenRequest>>>,
+    serial: AtomicU64,
+}
+
+impl TokenServer {
+    /// Makes a key and self-signed certificate in `dir` and starts serving `GET /token`.
+    pub fn start(dir: &Path, creds: Option<Credentials>) -> Result<Self> {
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", &format!("/CN={TOKEN_ISSUER}")])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdin(Stdio::null())
+            .output()
+            .context("run openssl req (token signing key)")?;
+        ensure!(
+            out.status.success(),
+            "openssl req failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pem = fs::read_to_string(&cert).with_context(|| format!("read {}", cert.display()))?;
+        let cert_der_b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let listener = TcpListener::bind("127.0.0.1:0").context("bind token server")?;
+        let addr = listener.local_addr()?.to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let issuer = Issuer {
+            key,
+            cert_der_b64,
+            creds,
+            requests: requests.clone(),
+            serial: AtomicU64::new(0),
+        };
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = conn {
+                    // A broken client only loses its own answer.
+                    let _ = issuer.serve(stream);
+                }
+            }
+        });
+        Ok(Self {
+            addr,
+            cert,
+            requests,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The URL the registry sends clients to.
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Every request answered so far.
+    pub fn requests(&self) -> Vec<TokenRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag.
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Issuer {
+    fn serve(&self, mut stream: TcpStream) -> Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let head = read_request_head(&mut stream)?;
+        let request_line = head.lines().next().unwrap_or_default();
+        let target = request_line.split_whitespace().nth(1).unwrap_or_default();
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        if path != "/token" {
+            return respond(&mut stream, 404, &json!({ "error": "not found" }));
+        }
+        let params: Vec<(String, String)> = query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+            .collect();
+        let scopes: Vec<String> = params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .flat_map(|(_, v)| v.split(' ').map(str::to_string))
+            .filter(|s| !s.is_empty())
+            .collect();
+        let presented = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case("authorization"))
+            .and_then(|(_, v)| v.trim().strip_prefix("Basic ").map(str::to_string))
+            .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|up| up.split_once(':').map(|(u, p)| Credentials::new(u, p)));
+        let granted = match &self.creds {
+            None => true,
+            Some(want) => presented.as_ref() == Some(want),
+        };
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(TokenRequest {
+                user: presented.as_ref().map(|c| c.username.clone()),
+                scopes: scopes.clone(),
+                granted,
+            });
+        if !granted {
+            return respond(&mut stream, 401, &json!({ "error": "bad credentials" }));
+        }
+        let account = presented.map(|c| c.username).unwrap_or_default();
+        let token = self.sign(&account, &scopes)?;
+        respond(
+            &mut stream,
+            200,
+            &json!({ "token": token, "access_token": token, "expires_in": TOKEN_TTL_SECS }),
+        )
+    }
+
+    /// A JWT granting `scopes` (`type:name:action,action`) to `account`.
+    fn sign(&self, account: &str, scopes: &[String]) -> Result<String> {
+        let access: Vec<serde_json::Value> = scopes
+            .iter()
+            .filter_map(|scope| {
+                let (kind_name, actions) = scope.rsplit_once(':')?;
+                let (kind, name) = kind_name.split_once(':')?;
+                Some(json!({
+                    "type": kind,
+                    "name": name,
+                    "actions": actions.split(',').collect::<Vec<_>>(),
+                }))
+            })
+            .collect();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+        let header = json!({ "alg": "RS256", "typ": "JWT", "x5c": [self.cert_der_b64] });
+        let claims = json!({
+            "iss": TOKEN_ISSUER,
+            "sub": account,
+            "aud": TOKEN_SERVICE,
+            "iat": now,
+            "nbf": now.saturating_sub(10),
+            "exp": now + TOKEN_TTL_SECS,
+            "jti": format!("nodelet-e2e-{}", self.serial.fetch_add(1, Ordering::SeqCst)),
+            "access": access,
+        });
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let mut child = Command::new("openssl")
+            .args(["dgst", "-sha256", "-sign"])
+            .arg(&self.key)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("run openssl dgst (token signature)")?;
+        child
+            .stdin
+            .take()
+            .context("openssl stdin")?
+            .write_all(signing_input.as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(
+            out.status.success(),
+            "openssl dgst -sign failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(format!("{signing_input}.{}", b64(&out.stdout)))
+    }
+}
+
+/// Reads up to the blank line ending an HTTP request head.
+fn read_request_head(stream: &mut TcpStream) -> Result<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        ensure!(head.len() < MAX_REQUEST_HEAD, "request head too long");
+        let n = stream.read(&mut buf)?;
+        ensure!(n > 0, "connection closed mid-request");
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&head).into_owned())
+}
+
+fn respond(stream: &mut TcpStream, status: u16, body: &serde_json::Value) -> Result<()> {
+    let reason = match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        _ => "Not Found",
+    };
+    let body = body.to_string();
+    write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    Ok(stream.flush()?)
+}
+
+/// Decodes `%XX` escapes and `+` (query strings); a malformed escape stays as it is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -398,8 +734,24 @@ mod tests {
         let auth = config_yaml(
             "127.0.0.1:1",
             Path::new("/tmp/s"),
-            Some(Path::new("/tmp/h")),
+            Some(&AuthConfig::Htpasswd(PathBuf::from("/tmp/h"))),
         );
         assert!(auth.contains("htpasswd:\n    realm: nodelet-e2e\n    path: \"/tmp/h\""));
+    }
+
+    #[test]
+    fn query_strings_decode() {
+        let cases = [
+            (
+                "repository%3Aprivate%2Fimg%3Apull",
+                "repository:private/img:pull",
+            ),
+            ("a+b", "a b"),
+            ("100%", "100%"),
+            ("%zz", "%zz"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(percent_decode(raw), want, "{raw}");
+        }
     }
 }

@@ -58,6 +58,39 @@ impl Node {
             .sum()
     }
 
+    fn blob_count(&self) -> usize {
+        std::fs::read_dir(self.image_root().join("blobs/sha256"))
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+    }
+
+    /// Bytes and inodes ImageFsInfo reports.
+    async fn fs_used(&self) -> R<(u64, u64)> {
+        let mut c = self.cri.images().await?;
+        let fs = c
+            .image_fs_info(v1::ImageFsInfoRequest {})
+            .await?
+            .into_inner();
+        let usage = fs
+            .image_filesystems
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("no image filesystem reported"))?;
+        Ok((
+            usage.used_bytes.as_ref().map(|u| u.value).unwrap_or(0),
+            usage.inodes_used.as_ref().map(|u| u.value).unwrap_or(0),
+        ))
+    }
+
+    /// Nothing at all under the image store: no image, layer, blob or unfinished write.
+    async fn assert_empty(&self, case: &str) -> R {
+        assert!(self.list().await?.is_empty(), "{case}: images listed");
+        assert!(self.layer_dirs().is_empty(), "{case}: layers left");
+        assert_eq!(self.blob_count(), 0, "{case}: blobs left");
+        assert_eq!(self.scratch_entries(), 0, "{case}: unfinished writes left");
+        assert_eq!(self.fs_used().await?, (0, 0), "{case}: ImageFsInfo");
+        Ok(())
+    }
+
     async fn pull(&self, image: &str) -> Result<String, tonic::Status> {
         self.pull_auth(image, None).await
     }
@@ -189,6 +222,11 @@ async fn pull_multi_layer_image_then_status_list_fsinfo() -> R {
         );
     }
     assert!(node.status(&reg.image("test/app:other")).await?.is_none());
+    // A repository whose name only starts the same is another image.
+    for other in ["test/ap", "test/a", "test"] {
+        let r = format!("{}/{other}@{}", reg.addr(), layout.digest());
+        assert!(node.status(&r).await?.is_none(), "lookup by {r}");
+    }
 
     // Verbose status carries the config and the layers.
     let mut c = node.cri.images().await?;
@@ -435,10 +473,9 @@ async fn malicious_layers_are_rejected_and_host_untouched() -> R {
     assert!(!sentinel.exists(), "nothing was written outside the layer");
     assert!(!Path::new("/tmp/escape-dotdot").exists());
     assert_eq!(std::fs::read(&victim)?, b"original");
-    assert!(node.list().await?.is_empty());
-    assert_eq!(node.scratch_entries(), 0);
-    // The good busybox layer of these images may stay committed (verified content), but
-    // no image refers to it and the next start collects it.
+    // The good busybox layer of these images was committed while the bad one failed; no
+    // image refers to it, so the failed pull collected it.
+    node.assert_empty("after rejected layers").await?;
     Ok(())
 }
 
@@ -465,43 +502,96 @@ async fn decompression_bomb_is_stopped_by_the_layer_limit() -> R {
         .expect_err("bomb must fail");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("more than"), "{}", err.message());
-    assert!(node.layer_dirs().is_empty());
-    assert_eq!(node.scratch_entries(), 0);
+    node.assert_empty("after the bomb").await?;
     Ok(())
+}
+
+/// Which blob a [`tampered_blob_is_rejected`] case changes, and how.
+#[derive(Debug, Clone, Copy)]
+enum Tamper {
+    /// Flips bytes of the uncompressed layer: its diff id changes too.
+    PlainLayer,
+    /// Changes the mtime in the gzip header of the busybox layer. The tar inside, and so
+    /// the diff id, stay the same: only the blob digest can tell.
+    GzipHeaderMtime,
+    /// Changes the `created` date in the config, keeping its size, its JSON and its diff
+    /// ids: only the blob digest can tell.
+    Config,
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tampered_blob_is_rejected() -> R {
-    let reg = Registry::start(RegistryOptions::default())?;
     let dir = tempfile::tempdir()?;
-    let layout = app_image("0", "t")?.write_layout(&dir.path().join("t"))?;
-    reg.push(layout.dir(), "tamper/img:1")?;
-    // Flip bytes in the uncompressed layer as the registry stores it.
-    let layer = &layout.images[0].layers[2];
-    let path = reg.blob_path(&layer.descriptor.digest);
-    let mut bytes = std::fs::read(&path)?;
-    let last = bytes.len() - 1;
-    bytes[600] ^= 0xff;
-    bytes[last] ^= 0x01;
-    std::fs::write(&path, bytes)?;
-    let node = Node::insecure(&reg)?;
-    let err = node
-        .pull(&reg.image("tamper/img:1"))
-        .await
-        .expect_err("must fail");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(
-        err.message().contains("digest") || err.message().contains("diff id"),
-        "{}",
-        err.message()
-    );
-    assert!(node.list().await?.is_empty());
-    let chain_of_bad = node
-        .layer_dirs()
-        .iter()
-        .any(|d| d.join("app/owned").exists());
-    assert!(!chain_of_bad, "the tampered layer is not committed");
-    assert_eq!(node.scratch_entries(), 0);
+    for case in [Tamper::PlainLayer, Tamper::GzipHeaderMtime, Tamper::Config] {
+        // A registry each: blobs are shared by content, so tampering one affects all.
+        let reg = Registry::start(RegistryOptions::default())?;
+        let layout = app_image("0", "t")?.write_layout(&dir.path().join(format!("{case:?}")))?;
+        reg.push(layout.dir(), "tamper/img:1")?;
+        let built = &layout.images[0];
+        let target = match case {
+            Tamper::PlainLayer => &built.layers[2].descriptor,
+            Tamper::GzipHeaderMtime => &built.layers[0].descriptor,
+            Tamper::Config => &built.config,
+        };
+        let path = reg.blob_path(&target.digest);
+        let mut bytes = std::fs::read(&path)?;
+        match case {
+            Tamper::PlainLayer => {
+                let last = bytes.len() - 1;
+                bytes[600] ^= 0xff;
+                bytes[last] ^= 0x01;
+            }
+            Tamper::GzipHeaderMtime => {
+                // RFC 1952: bytes 4..8 are MTIME, covered by no checksum.
+                assert_eq!(&bytes[..2], &[0x1f, 0x8b], "busybox layer is gzip");
+                bytes[4..8].copy_from_slice(&0x6000_0000u32.to_le_bytes());
+                let mut tar = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(bytes.as_slice()),
+                    &mut tar,
+                )?;
+                assert_eq!(
+                    e2e::image::sha256_digest(&tar),
+                    built.layers[0].diff_id,
+                    "the tampered layer keeps its diff id"
+                );
+            }
+            Tamper::Config => {
+                let text = String::from_utf8(bytes.clone())?;
+                let changed = text.replacen("2023-11-14T22:13:20Z", "2023-11-14T22:13:21Z", 1);
+                assert_ne!(changed, text, "config has the expected created date");
+                let json: serde_json::Value = serde_json::from_str(&changed)?;
+                assert!(
+                    json["rootfs"]["diff_ids"].is_array(),
+                    "still a usable config"
+                );
+                bytes = changed.into_bytes();
+            }
+        }
+        assert_eq!(bytes.len() as u64, target.size, "{case:?}: size unchanged");
+        std::fs::write(&path, bytes)?;
+
+        let node = Node::insecure(&reg)?;
+        let err = node
+            .pull(&reg.image("tamper/img:1"))
+            .await
+            .expect_err("must fail");
+        assert_eq!(err.code(), Code::FailedPrecondition, "{case:?}: {err:?}");
+        let msg = err.message();
+        match case {
+            Tamper::PlainLayer => {
+                assert!(msg.contains("digest") || msg.contains("diff id"), "{msg}")
+            }
+            Tamper::GzipHeaderMtime | Tamper::Config => {
+                assert!(
+                    msg.contains(&target.digest) && msg.contains("content has digest"),
+                    "{case:?}: the blob digest check names the blob: {msg}"
+                );
+                assert!(!msg.contains("diff id"), "{case:?}: {msg}");
+            }
+        }
+        node.assert_empty(&format!("{case:?}")).await?;
+    }
     Ok(())
 }
 
@@ -546,6 +636,164 @@ async fn mirrors_are_tried_in_order_with_fallback_to_upstream() -> R {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn blobs_a_mirror_lost_come_from_the_next_host() -> R {
+    let upstream = Registry::start(RegistryOptions::default())?;
+    let mirror = Registry::start(RegistryOptions::default())?;
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "blobs")?.write_layout(&dir.path().join("img"))?;
+    upstream.push(layout.dir(), "lib/img:1")?;
+    mirror.push(layout.dir(), "lib/img:1")?;
+    // The mirror serves the manifest but lost the config and a layer.
+    let built = &layout.images[0];
+    let lost = [&built.config.digest, &built.layers[1].descriptor.digest];
+    for digest in lost {
+        std::fs::remove_file(mirror.blob_path(digest))?;
+        assert_ne!(mirror.blob("lib/img", digest)?.status, 200);
+    }
+    // Only what the pull asks counts, not what the pushes logged.
+    let log_since = |reg: &Registry| -> R<usize> { Ok(std::fs::read(reg.log_path())?.len()) };
+    let (mirror_mark, upstream_mark) = (log_since(&mirror)?, log_since(&upstream)?);
+    let toml = format!(
+        "[registry]\ninsecure = [\"{up}\"]\n[registry.mirrors.\"{up}\"]\nendpoints = [\"http://{mi}\"]\n",
+        up = upstream.addr(),
+        mi = mirror.addr(),
+    );
+    let node = Node::start(&toml, &[])?;
+    let id = node.pull(&upstream.image("lib/img:1")).await?;
+    assert_eq!(id, built.config.digest);
+    assert_eq!(
+        std::fs::read_to_string(&find_in_layers(&node, "app/marker")[0])?,
+        "blobs"
+    );
+    // The manifest came from the mirror; the lost blobs, and only those, from upstream.
+    let tail = |reg: &Registry, mark: usize| -> R<String> {
+        let log = std::fs::read(reg.log_path())?;
+        Ok(String::from_utf8_lossy(log.get(mark..).unwrap_or_default()).into_owned())
+    };
+    let mirror_log = tail(&mirror, mirror_mark)?;
+    let upstream_log = tail(&upstream, upstream_mark)?;
+    assert!(
+        mirror_log.contains("/v2/lib/img/manifests/1"),
+        "manifest asked from the mirror"
+    );
+    for digest in lost {
+        assert!(
+            upstream_log.contains(digest.as_str()),
+            "{digest} from upstream"
+        );
+    }
+    assert!(
+        !upstream_log.contains(built.layers[0].descriptor.digest.as_str()),
+        "blobs the mirror has are not fetched upstream"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_image_from_two_registries_is_one_image() -> R {
+    let one = Registry::start(RegistryOptions::default())?;
+    let two = Registry::start(RegistryOptions::default())?;
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "twice")?.write_layout(&dir.path().join("img"))?;
+    one.push(layout.dir(), "team/img:1")?;
+    two.push(layout.dir(), "copy/img:2")?;
+    let node = Node::start(
+        &format!(
+            "[registry]\ninsecure = [\"{}\", \"{}\"]\n",
+            one.addr(),
+            two.addr()
+        ),
+        &[],
+    )?;
+    let names = [one.image("team/img:1"), two.image("copy/img:2")];
+    let digests = [
+        format!("{}/team/img@{}", one.addr(), layout.digest()),
+        format!("{}/copy/img@{}", two.addr(), layout.digest()),
+    ];
+    let id = node.pull(&names[0]).await?;
+    assert_eq!(node.pull(&names[1]).await?, id, "one image id");
+    assert_eq!(node.layer_dirs().len(), 3, "layers unpacked once");
+
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let listed = node.list().await?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let img = &listed[0];
+    assert_eq!(img.id, id);
+    assert_eq!(sorted(img.repo_tags.clone()), sorted(names.to_vec()));
+    assert_eq!(sorted(img.repo_digests.clone()), sorted(digests.to_vec()));
+    for r in names.iter().chain(&digests).chain([&id]) {
+        let by = node.status(r).await?.expect("found");
+        assert_eq!(&by, img, "ImageStatus({r}) agrees with ListImages");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leftovers_of_a_crash_are_removed_at_start() -> R {
+    let reg = Registry::start(RegistryOptions::default())?;
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "kept")?.write_layout(&dir.path().join("img"))?;
+    reg.push(layout.dir(), "crash/kept:1")?;
+    let mut node = Node::insecure(&reg)?;
+    let name = reg.image("crash/kept:1");
+    let id = node.pull(&name).await?;
+    let layers = node.layer_dirs();
+    let blobs = node.blob_count();
+    let used = node.fs_used().await?;
+
+    // What a crash at each point of a pull leaves (see cri/src/image/mod.rs): a partial
+    // blob in ingest/, a partial unpack in layers/tmp/, and a committed layer and blob
+    // that no image record names yet.
+    let root = node.image_root();
+    std::fs::write(root.join("ingest/.tmpPartial"), vec![1u8; 4096])?;
+    let unpacking = root.join("layers/tmp/unpack-crashed/usr/bin");
+    std::fs::create_dir_all(&unpacking)?;
+    std::fs::write(unpacking.join("half"), vec![2u8; 4096])?;
+    let orphan_layer = root.join("layers/sha256").join("ab".repeat(32));
+    std::fs::create_dir_all(orphan_layer.join("etc"))?;
+    std::fs::write(orphan_layer.join("etc/orphan"), vec![3u8; 8192])?;
+    let orphan_bytes = b"verified but never recorded".to_vec();
+    let orphan_blob = root
+        .join("blobs/sha256")
+        .join(e2e::image::sha256_digest(&orphan_bytes).trim_start_matches("sha256:"));
+    std::fs::write(&orphan_blob, &orphan_bytes)?;
+    let importing = root.join("import/import-crashed/blobs/sha256");
+    std::fs::create_dir_all(&importing)?;
+    std::fs::write(importing.join("partial"), b"x")?;
+    assert_eq!(node.scratch_entries(), 3);
+    // ImageFsInfo counts what is on disk, referenced or not.
+    let (bytes, inodes) = node.fs_used().await?;
+    assert!(
+        bytes >= used.0 + 8192 + orphan_bytes.len() as u64 && inodes > used.1,
+        "{used:?} then {:?}",
+        (bytes, inodes)
+    );
+
+    node.cri.restart()?;
+    assert_eq!(node.scratch_entries(), 0, "unfinished writes discarded");
+    assert!(!orphan_layer.exists(), "unreferenced layer collected");
+    assert!(!orphan_blob.exists(), "unreferenced blob collected");
+    assert_eq!(node.layer_dirs(), layers);
+    assert_eq!(node.blob_count(), blobs);
+    assert_eq!(node.fs_used().await?, used);
+    // The image is whole: found, its files there, and a pull downloads nothing (the
+    // registry lost its layers).
+    assert_eq!(node.status(&name).await?.map(|i| i.id), Some(id.clone()));
+    assert_eq!(
+        std::fs::read_to_string(&find_in_layers(&node, "app/marker")[0])?,
+        "kept"
+    );
+    for l in &layout.images[0].layers {
+        std::fs::remove_file(reg.blob_path(&l.descriptor.digest))?;
+    }
+    assert_eq!(node.pull(&name).await?, id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn basic_auth_from_the_request() -> R {
     let reg = Registry::start(RegistryOptions::with_auth("alice", "s3cret"))?;
     let dir = tempfile::tempdir()?;
@@ -581,6 +829,68 @@ async fn basic_auth_from_the_request() -> R {
         ..Default::default()
     };
     assert_eq!(node.pull_auth(&name, Some(encoded)).await?, id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_auth_from_the_request() -> R {
+    let reg = Registry::start(RegistryOptions::with_token_auth("bob", "t0ken"))?;
+    let tokens = reg.token_server().expect("token server");
+    // The registry takes no credentials itself: it sends clients to the token server.
+    let anon = e2e::http::get(reg.addr(), "/v2/", &[])?;
+    assert_eq!(anon.status, 401);
+    let challenge = anon.header("WWW-Authenticate").unwrap_or_default();
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains(&tokens.realm()),
+        "{challenge}"
+    );
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "token")?.write_layout(&dir.path().join("p"))?;
+    reg.push(layout.dir(), "private/img:1")?;
+    let node = Node::insecure(&reg)?;
+    let name = reg.image("private/img:1");
+
+    let err = node.pull(&name).await.expect_err("anonymous must fail");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let wrong = v1::AuthConfig {
+        username: "bob".into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = node
+        .pull_auth(&name, Some(wrong))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+
+    let good = v1::AuthConfig {
+        username: "bob".into(),
+        password: "t0ken".into(),
+        ..Default::default()
+    };
+    let id = node.pull_auth(&name, Some(good)).await?;
+    assert_eq!(id, layout.images[0].config.digest);
+    assert_eq!(find_in_layers(&node, "app/marker").len(), 1);
+    // The token that let the pull through was asked for with the request's credentials,
+    // for pulling this repository.
+    let asked = tokens.requests();
+    assert!(
+        asked.iter().any(|r| r.granted
+            && r.user.as_deref() == Some("bob")
+            && r.scopes
+                .iter()
+                .any(|s| s.starts_with("repository:private/img:") && s.contains("pull"))),
+        "{asked:?}"
+    );
+    // Anonymous and wrong-password requests were refused a token.
+    for user in [None, Some("bob")] {
+        assert!(
+            asked
+                .iter()
+                .any(|r| !r.granted && r.user.as_deref() == user),
+            "{user:?}: {asked:?}"
+        );
+    }
     Ok(())
 }
 

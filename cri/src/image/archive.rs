@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::install::{Descriptor, Source};
+use super::install::{Descriptor, Source, read_cap};
 use super::{Error, Result, io_err};
 
 /// Annotation with a full image name (containerd, nerdctl, `docker save`).
@@ -121,10 +121,15 @@ impl ArchiveSource {
 impl Source for ArchiveSource {
     async fn fetch(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         let path = self.blob_path(&desc.digest)?;
-        fs::read(&path).map_err(|e| Error::BadArchive {
+        let file = File::open(&path).map_err(|e| Error::BadArchive {
             path: self.origin.clone(),
             reason: format!("blob {} missing: {e}", desc.digest),
-        })
+        })?;
+        let mut out = Vec::new();
+        file.take(read_cap(desc))
+            .read_to_end(&mut out)
+            .map_err(io_err("reading archive blob", &path))?;
+        Ok(out)
     }
 
     async fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {

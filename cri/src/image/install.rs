@@ -194,10 +194,19 @@ fn is_layer_media_type(mt: &str) -> bool {
 /// Where blobs come from.
 #[async_trait]
 pub trait Source: Send + Sync {
-    /// Whole bytes of a small blob (manifest, config); verification is the caller's job.
+    /// Bytes of a small blob (manifest, config): all of them, but never more than
+    /// `desc.size + 1`, so an endless or oversized body costs no more memory than the
+    /// descriptor announced. Verification is the caller's job.
     async fn fetch(&self, desc: &Descriptor) -> Result<Vec<u8>>;
-    /// A reader over a layer blob; it is read on a blocking thread.
+    /// A reader over a layer blob; it is read on a blocking thread, and never past
+    /// `desc.size + 1` bytes whatever the reader would give.
     async fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>>;
+}
+
+/// How many bytes of a blob are read at most: one more than announced, which is enough
+/// to tell that it is too long.
+pub fn read_cap(desc: &Descriptor) -> u64 {
+    desc.size.saturating_add(1)
 }
 
 /// Everything install needs from the image service.
@@ -222,6 +231,7 @@ pub async fn fetch_verified(
         return target.content.read(&desc.digest);
     }
     let bytes = source.fetch(desc).await?;
+    // Sources stop after `read_cap` bytes; a longer answer is refused the same way.
     if bytes.len() as u64 != desc.size {
         return Err(Error::SizeMismatch {
             digest: desc.digest.clone(),
@@ -358,16 +368,32 @@ async fn ensure_layer(
         };
         return Ok(record(b, i));
     }
-    let reader = source.open(desc).await?;
+    // However long the body, no more than one byte past the announced size is read.
+    let reader = source.open(desc).await?.take(read_cap(desc));
     let ingest = target.content.ingest()?;
     let dir = target.layers.begin()?;
     let desc2 = desc.clone();
     let limit = target.max_layer_bytes;
     let dir_path = dir.path().to_path_buf();
     let (ingest, actual_diff, stats) = tokio::task::spawn_blocking(move || {
-        apply_blob(reader, ingest, &dir_path, &desc2.digest, limit)
+        apply_blob(Box::new(reader), ingest, &dir_path, &desc2, limit)
     })
     .await??;
+    // The blob is checked before the diff id: its digest is what the manifest vouches for.
+    if ingest.size() != desc.size {
+        return Err(Error::SizeMismatch {
+            digest: desc.digest.clone(),
+            expected: desc.size,
+            actual: ingest.size(),
+        });
+    }
+    let actual_digest = ingest.digest();
+    if actual_digest != desc.digest {
+        return Err(Error::DigestMismatch {
+            expected: desc.digest.clone(),
+            actual: actual_digest,
+        });
+    }
     if actual_diff != diff_id {
         return Err(Error::DiffIdMismatch {
             digest: desc.digest.clone(),
@@ -382,83 +408,160 @@ async fn ensure_layer(
     Ok(record(stats.bytes, stats.inodes))
 }
 
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// What the media type says, when it says it exactly: OCI layer types name their
+    /// compression. Docker's types predate zstd and are written loosely by many tools, and
+    /// an empty type says nothing: for those the first bytes decide, as containerd's
+    /// decompressor does for every layer.
+    fn declared(media_type: &str) -> Option<Self> {
+        let oci = media_type.strip_prefix("application/vnd.oci.image.layer.")?;
+        if oci.ends_with(".tar+gzip") {
+            Some(Self::Gzip)
+        } else if oci.ends_with(".tar+zstd") {
+            Some(Self::Zstd)
+        } else if oci.ends_with(".tar") {
+            Some(Self::None)
+        } else {
+            None
+        }
+    }
+
+    /// From the first bytes of the blob (fewer than four only when the blob is shorter).
+    fn sniff(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+}
+
+/// Reads until `n` bytes or the end of `r`, whichever comes first.
+fn read_head(r: &mut impl Read, n: usize) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(n);
+    r.take(n as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
 /// Reads a layer blob once: the compressed bytes go to the content store's ingest file and
-/// its hash; the decompressed tar is hashed (diff id) and unpacked into `dir`.
+/// its hash; the decompressed tar is hashed (diff id) and unpacked into `dir`. The caller
+/// verifies the blob's size and digest on the returned ingest.
 fn apply_blob(
     reader: Box<dyn Read + Send>,
     ingest: Ingest,
     dir: &std::path::Path,
-    digest: &str,
+    desc: &Descriptor,
     limit: u64,
 ) -> Result<(Ingest, String, unpack::UnpackStats)> {
-    let io_fail = |source: io::Error| {
-        if source.kind() == io::ErrorKind::InvalidData {
-            Error::BadBlob {
-                digest: digest.to_string(),
-                reason: source.to_string(),
-            }
-        } else {
-            Error::Io {
-                what: "reading layer",
-                path: dir.to_path_buf(),
-                source,
-            }
-        }
+    let digest = desc.digest.as_str();
+    let io_fail = |source: io::Error| io_error(digest, dir, source);
+    let mut tee = Tee {
+        inner: reader,
+        sink: ingest,
     };
-    let mut tee = BufReader::with_capacity(
-        256 * 1024,
-        Tee {
-            inner: reader,
-            sink: ingest,
-        },
-    );
-    let magic = tee.fill_buf().map_err(io_fail)?.to_vec();
-    let (diff_id, stats) = {
-        let decompressed: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
-            Box::new(flate2::bufread::MultiGzDecoder::new(&mut tee))
-        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-            Box::new(zstd::stream::read::Decoder::with_buffer(&mut tee).map_err(io_fail)?)
-        } else {
-            Box::new(&mut tee)
-        };
-        let mut counted = Counted {
-            inner: decompressed,
-            hasher: Sha256::new(),
-            n: 0,
-            limit,
-        };
-        let too_large = || Error::TooLarge {
+    let declared = Compression::declared(&desc.media_type);
+    let head = match declared {
+        Some(_) => Vec::new(),
+        None => read_head(&mut tee, 4).map_err(io_fail)?,
+    };
+    let compression = declared.unwrap_or_else(|| Compression::sniff(&head));
+    let mut input = BufReader::with_capacity(256 * 1024, io::Cursor::new(head).chain(tee));
+    let unpacked = decompress_and_unpack(&mut input, compression, dir, digest, limit);
+    // The blob digest covers every compressed byte, also those after the compressed end.
+    let drained = match &unpacked {
+        Ok(_) => io::copy(&mut input, &mut io::sink()).map(drop),
+        Err(_) => Ok(()),
+    };
+    let (_, Tee { sink, .. }) = input.into_inner().into_inner();
+    // A body longer than announced fails as such, whatever it did to the decoders.
+    if sink.size() > desc.size {
+        return Err(Error::SizeMismatch {
             digest: digest.to_string(),
-            limit,
-        };
-        let stats = match unpack::unpack_layer(&mut counted, dir) {
-            Ok(s) => s,
-            Err(_) if counted.n > limit => return Err(too_large()),
-            Err(source) => {
-                return Err(Error::Unpack {
-                    digest: digest.to_string(),
-                    source,
-                });
-            }
-        };
-        // The diff id covers the whole tar stream, including padding after the end
-        // marker: read it to the end.
-        if let Err(e) = io::copy(&mut counted, &mut io::sink()) {
-            return Err(if counted.n > limit {
-                too_large()
-            } else {
-                io_fail(e)
+            expected: desc.size,
+            actual: sink.size(),
+        });
+    }
+    let (diff_id, stats) = unpacked?;
+    drained.map_err(io_fail)?;
+    Ok((sink, diff_id, stats))
+}
+
+/// Decompresses `input` and unpacks the tar into `dir`; returns the diff id (the digest of
+/// the whole tar stream) and what was written.
+fn decompress_and_unpack(
+    input: &mut impl BufRead,
+    compression: Compression,
+    dir: &std::path::Path,
+    digest: &str,
+    limit: u64,
+) -> Result<(String, unpack::UnpackStats)> {
+    let io_fail = |source: io::Error| io_error(digest, dir, source);
+    let decompressed: Box<dyn Read + '_> = match compression {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(input).map_err(io_fail)?)
+        }
+        Compression::None => Box::new(input),
+    };
+    let mut counted = Counted {
+        inner: decompressed,
+        hasher: Sha256::new(),
+        n: 0,
+        limit,
+    };
+    let too_large = || Error::TooLarge {
+        digest: digest.to_string(),
+        limit,
+    };
+    let stats = match unpack::unpack_layer(&mut counted, dir) {
+        Ok(s) => s,
+        Err(_) if counted.n > limit => return Err(too_large()),
+        Err(source) => {
+            return Err(Error::Unpack {
+                digest: digest.to_string(),
+                source,
             });
         }
-        (
-            format!("sha256:{}", hex::encode(counted.hasher.finalize())),
-            stats,
-        )
     };
-    // The blob digest covers every compressed byte, also those after the compressed end.
-    io::copy(&mut tee, &mut io::sink()).map_err(io_fail)?;
-    let Tee { sink, .. } = tee.into_inner();
-    Ok((sink, diff_id, stats))
+    // The diff id covers the whole tar stream, including padding after the end marker:
+    // read it to the end.
+    if let Err(e) = io::copy(&mut counted, &mut io::sink()) {
+        return Err(if counted.n > limit {
+            too_large()
+        } else {
+            io_fail(e)
+        });
+    }
+    Ok((
+        format!("sha256:{}", hex::encode(counted.hasher.finalize())),
+        stats,
+    ))
+}
+
+/// Corrupt data in a blob is the blob's fault; anything else is an I/O failure.
+fn io_error(digest: &str, dir: &std::path::Path, source: io::Error) -> Error {
+    if source.kind() == io::ErrorKind::InvalidData {
+        Error::BadBlob {
+            digest: digest.to_string(),
+            reason: source.to_string(),
+        }
+    } else {
+        Error::Io {
+            what: "reading layer",
+            path: dir.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Copies everything read into `sink`.
@@ -545,6 +648,188 @@ mod tests {
             select_platform(&idx, &p("arm64", Some("v8"))).map(|d| d.digest.as_str()),
             Some("arm64")
         );
+    }
+
+    #[test]
+    fn compression_from_media_type_or_first_bytes() {
+        let declared = [
+            (
+                "application/vnd.oci.image.layer.v1.tar",
+                Some(Compression::None),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                Some(Compression::Gzip),
+            ),
+            (
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+                Some(Compression::Zstd),
+            ),
+            (
+                "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                Some(Compression::Gzip),
+            ),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", None),
+            ("application/vnd.docker.image.rootfs.diff.tar", None),
+            ("", None),
+        ];
+        for (mt, want) in declared {
+            assert_eq!(Compression::declared(mt), want, "{mt:?}");
+        }
+        let sniffed: [(&[u8], Compression); 5] = [
+            (&[0x1f, 0x8b, 8, 0], Compression::Gzip),
+            (&[0x28, 0xb5, 0x2f, 0xfd], Compression::Zstd),
+            (&[0x28, 0xb5, 0x2f], Compression::None),
+            (b"usr/", Compression::None),
+            (b"", Compression::None),
+        ];
+        for (head, want) in sniffed {
+            assert_eq!(Compression::sniff(head), want, "{head:?}");
+        }
+    }
+
+    /// Hands out one byte per read, as a slow network can.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let Some((first, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            match buf.first_mut() {
+                Some(b) => *b = *first,
+                None => return Ok(0),
+            }
+            self.0 = rest;
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn head_is_read_across_short_reads() {
+        let zstd_magic = [0x28, 0xb5, 0x2f, 0xfd, 0, 1];
+        let head = read_head(&mut Trickle(&zstd_magic), 4).expect("read");
+        assert_eq!(Compression::sniff(&head), Compression::Zstd);
+        assert_eq!(read_head(&mut Trickle(&[0x1f]), 4).expect("read"), [0x1f]);
+    }
+
+    /// Serves one layer blob, from bytes or as an endless stream of zeros.
+    struct OneBlob {
+        bytes: Option<Vec<u8>>,
+    }
+
+    #[async_trait]
+    impl Source for OneBlob {
+        async fn fetch(&self, _: &Descriptor) -> Result<Vec<u8>> {
+            Ok(self.bytes.clone().unwrap_or_default())
+        }
+        async fn open(&self, _: &Descriptor) -> Result<Box<dyn Read + Send>> {
+            Ok(match &self.bytes {
+                Some(b) => Box::new(io::Cursor::new(b.clone())),
+                None => Box::new(io::repeat(0)),
+            })
+        }
+    }
+
+    fn target(root: &std::path::Path) -> Target {
+        Target {
+            content: ContentStore::open(root).expect("content store"),
+            layers: LayerStore::open(root).expect("layer store"),
+            inflight: Default::default(),
+            max_concurrent: 1,
+            max_layer_bytes: 1 << 30,
+            known_usage: HashMap::new(),
+        }
+    }
+
+    fn tar_with(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, name, data).expect("append");
+        b.into_inner().expect("tar")
+    }
+
+    fn layer_desc(media_type: &str, blob: &[u8]) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: sha256_digest(blob),
+            size: blob.len() as u64,
+            platform: None,
+            annotations: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn endless_layer_body_fails_as_too_long_and_stores_nothing() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let t = target(root.path());
+        let tar = tar_with("f", b"x");
+        let desc = layer_desc("application/vnd.oci.image.layer.v1.tar", &tar);
+        let diff = sha256_digest(&tar);
+        let source: Arc<dyn Source> = Arc::new(OneBlob { bytes: None });
+        let err = ensure_layer(source, &t, &desc, &diff, &diff)
+            .await
+            .expect_err("endless body");
+        assert!(
+            matches!(err, Error::SizeMismatch { actual, .. } if actual == desc.size + 1),
+            "{err}"
+        );
+        assert!(!t.layers.exists(&diff));
+        assert!(!t.content.exists(&desc.digest));
+    }
+
+    #[tokio::test]
+    async fn gzip_and_zstd_layers_unpack_whatever_the_media_type_says() {
+        let tar = tar_with("hello", b"world");
+        let diff = sha256_digest(&tar);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        let zst = zstd::encode_all(tar.as_slice(), 3).expect("zstd");
+        let cases = [
+            ("application/vnd.oci.image.layer.v1.tar+gzip", gz.clone()),
+            ("application/vnd.docker.image.rootfs.diff.tar.gzip", gz),
+            // Docker types are sniffed: the bytes decide.
+            (
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                zst.clone(),
+            ),
+            ("application/vnd.oci.image.layer.v1.tar+zstd", zst),
+            ("application/vnd.oci.image.layer.v1.tar", tar.clone()),
+            ("", tar),
+        ];
+        for (mt, blob) in cases {
+            let root = tempfile::tempdir().expect("tempdir");
+            let t = target(root.path());
+            let desc = layer_desc(mt, &blob);
+            let source: Arc<dyn Source> = Arc::new(OneBlob { bytes: Some(blob) });
+            let rec = ensure_layer(source, &t, &desc, &diff, &diff)
+                .await
+                .unwrap_or_else(|e| panic!("{mt}: {e}"));
+            assert_eq!(rec.diff_id, diff);
+            let dir = t.layers.path(&diff).expect("path");
+            assert_eq!(std::fs::read(dir.join("hello")).expect("file"), b"world");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_small_blob_is_refused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let t = target(root.path());
+        let config = br#"{"rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        let mut desc = layer_desc("", &config);
+        desc.size -= 1;
+        let source = OneBlob {
+            bytes: Some(config),
+        };
+        let err = fetch_verified(&source, &t, &desc)
+            .await
+            .expect_err("too long");
+        assert!(matches!(err, Error::SizeMismatch { .. }), "{err}");
+        assert!(!t.content.exists(&desc.digest));
     }
 
     #[test]

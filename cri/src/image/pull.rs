@@ -10,10 +10,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
+use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::secrets::RegistryAuth;
 
-use super::install::{ACCEPTED_MANIFESTS, Descriptor, Source};
+use super::install::{ACCEPTED_MANIFESTS, Descriptor, Source, read_cap};
 use super::reference::ImageRef;
 use super::{Error, Result};
 
@@ -156,17 +156,23 @@ impl Registries {
         let endpoints = self.config.endpoints(&image.registry);
         let mut errors = Vec::new();
         let single = endpoints.len() == 1;
-        for ep in endpoints {
-            // Credentials in a pull request are for the image's registry, not mirrors.
-            let auth = if ep.is_mirror {
-                RegistryAuth::Anonymous
-            } else {
-                creds.to_auth()
-            };
-            let reference = image.to_client_ref(&ep.host);
-            tracing::debug!(host = %ep.host, image = %image, "fetching manifest");
+        // Credentials in a pull request are for the image's registry, not mirrors.
+        let hosts: Vec<Host> = endpoints
+            .into_iter()
+            .map(|ep| Host {
+                auth: if ep.is_mirror {
+                    RegistryAuth::Anonymous
+                } else {
+                    creds.to_auth()
+                },
+                host: ep.host,
+            })
+            .collect();
+        for (i, h) in hosts.iter().enumerate() {
+            let reference = image.to_client_ref(&h.host);
+            tracing::debug!(host = %h.host, image = %image, "fetching manifest");
             match client
-                .pull_manifest_raw(&reference, &auth, ACCEPTED_MANIFESTS)
+                .pull_manifest_raw(&reference, &h.auth, ACCEPTED_MANIFESTS)
                 .await
             {
                 Ok((bytes, _)) => {
@@ -181,24 +187,24 @@ impl Registries {
                         if single {
                             return Err(err);
                         }
-                        errors.push(format!("{}: {err}", ep.host));
+                        errors.push(format!("{}: {err}", h.host));
                         continue;
                     }
+                    // Blobs come from this host first, then from the ones after it.
                     let source = Arc::new(RegistrySource {
                         client,
-                        auth,
                         image: image.clone(),
-                        host: ep.host,
+                        hosts: hosts[i..].to_vec(),
                     });
                     return Ok((source, bytes.to_vec(), digest));
                 }
                 Err(e) => {
-                    let err = map_err(&ep.host, image, e);
-                    tracing::info!(host = %ep.host, image = %image, err = %err, "registry host failed");
+                    let err = map_err(&h.host, image, e);
+                    tracing::info!(host = %h.host, image = %image, err = %err, "registry host failed");
                     if single {
                         return Err(err);
                     }
-                    errors.push(format!("{}: {err}", ep.host));
+                    errors.push(format!("{}: {err}", h.host));
                 }
             }
         }
@@ -236,53 +242,107 @@ fn map_err(host: &str, image: &ImageRef, e: OciDistributionError) -> Error {
     }
 }
 
-/// Blobs of one image from one endpoint.
+/// One host to fetch from, with the credentials it may see.
+#[derive(Clone)]
+struct Host {
+    host: String,
+    auth: RegistryAuth,
+}
+
+/// Blobs of one image. Each blob is asked first from the host that served the manifest,
+/// then from the hosts after it (later mirrors, then the registry itself), as containerd
+/// does: a mirror that has the manifest but lost a blob does not fail the pull.
 pub struct RegistrySource {
     client: oci_client::Client,
-    auth: RegistryAuth,
     image: ImageRef,
-    host: String,
+    /// Never empty: the host that served the manifest comes first.
+    hosts: Vec<Host>,
 }
 
 impl RegistrySource {
+    /// The host that served the manifest.
     pub fn host(&self) -> &str {
-        &self.host
+        self.hosts
+            .first()
+            .map(|h| h.host.as_str())
+            .unwrap_or_default()
     }
 
-    /// Fetches a child manifest (chosen from an index) from the same endpoint.
+    /// Fetches a child manifest (chosen from an index).
     pub async fn manifest(&self, digest: &str) -> Result<Vec<u8>> {
         let child = self.image.at_digest(digest);
-        let reference = child.to_client_ref(&self.host);
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&reference, &self.auth, ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| map_err(&self.host, &child, e))?;
-        Ok(bytes.to_vec())
+        let child = &child;
+        self.on_each_host(&child.to_string(), |h: Host| async move {
+            let (bytes, _) = self
+                .client
+                .pull_manifest_raw(&child.to_client_ref(&h.host), &h.auth, ACCEPTED_MANIFESTS)
+                .await
+                .map_err(|e| map_err(&h.host, child, e))?;
+            Ok(bytes.to_vec())
+        })
+        .await
     }
 
-    fn blob_ref(&self) -> oci_client::Reference {
-        self.image.to_client_ref(&self.host)
+    /// Runs `op` against each host in turn until one succeeds. A failure only moves on
+    /// to the next host when the request itself failed: bytes already handed out are
+    /// never mixed from two hosts.
+    async fn on_each_host<T, F>(&self, what: &str, mut op: impl FnMut(Host) -> F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let mut errors = Vec::new();
+        for h in &self.hosts {
+            // Tokens are fetched lazily per host; the client needs to know whom to ask as.
+            self.client.store_auth_if_needed(&h.host, &h.auth).await;
+            match op(h.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if self.hosts.len() == 1 => return Err(e),
+                Err(e) => {
+                    tracing::info!(host = %h.host, what, err = %e, "registry host failed, trying the next");
+                    errors.push(format!("{}: {e}", h.host));
+                }
+            }
+        }
+        Err(Error::AllHostsFailed {
+            reference: what.to_string(),
+            errors,
+        })
+    }
+
+    fn blob_name(&self, desc: &Descriptor) -> String {
+        self.image.with_digest(&desc.digest)
     }
 }
 
 #[async_trait]
 impl Source for RegistrySource {
     async fn fetch(&self, desc: &Descriptor) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(desc.size.min(16 << 20) as usize);
-        self.client
-            .pull_blob(&self.blob_ref(), desc.digest.as_str(), &mut out)
-            .await
-            .map_err(|e| map_err(&self.host, &self.image, e))?;
-        Ok(out)
+        self.on_each_host(&self.blob_name(desc), |h: Host| async move {
+            let sized = self
+                .client
+                .pull_blob_stream(&self.image.to_client_ref(&h.host), desc.digest.as_str())
+                .await
+                .map_err(|e| map_err(&h.host, &self.image, e))?;
+            read_capped(sized.stream, read_cap(desc))
+                .await
+                .map_err(|e| Error::Registry {
+                    host: h.host.clone(),
+                    reference: self.blob_name(desc),
+                    message: format!("reading blob: {e}"),
+                })
+        })
+        .await
     }
 
     async fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
         let sized = self
-            .client
-            .pull_blob_stream(&self.blob_ref(), desc.digest.as_str())
-            .await
-            .map_err(|e| map_err(&self.host, &self.image, e))?;
+            .on_each_host(&self.blob_name(desc), |h: Host| async move {
+                self.client
+                    .pull_blob_stream(&self.image.to_client_ref(&h.host), desc.digest.as_str())
+                    .await
+                    .map_err(|e| map_err(&h.host, &self.image, e))
+            })
+            .await?;
         // Network chunks feed the blocking unpacker through a small bounded channel, so
         // memory stays flat whatever the layer size.
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(16);
@@ -301,6 +361,36 @@ impl Source for RegistrySource {
     }
 }
 
+/// oci-client checks the digest when a blob stream ends and reports a mismatch as an
+/// error item. Our own check of the same bytes says it with the digests we expect, so that
+/// item is taken as the end of the stream.
+fn is_client_digest_check(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<DigestError>())
+        .is_some_and(|d| matches!(d, DigestError::VerificationError { .. }))
+}
+
+/// Collects a blob stream, stopping after `cap` bytes.
+async fn read_capped(
+    mut stream: impl futures::Stream<Item = io::Result<bytes::Bytes>> + Unpin,
+    cap: u64,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) if is_client_digest_check(&e) => break,
+            Err(e) => return Err(e),
+        };
+        let room = usize::try_from(cap.saturating_sub(out.len() as u64)).unwrap_or(usize::MAX);
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() as u64 >= cap {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// A blocking `Read` over chunks sent from an async task.
 struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
@@ -312,10 +402,7 @@ impl Read for ChannelReader {
         while self.current.is_empty() {
             match self.rx.blocking_recv() {
                 Some(Ok(chunk)) => self.current = chunk,
-                // oci-client checks the digest as the stream ends; say what it means.
-                Some(Err(e)) if e.to_string().contains("Invalid digest") => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-                }
+                Some(Err(e)) if is_client_digest_check(&e) => return Ok(0),
                 Some(Err(e)) => return Err(e),
                 None => return Ok(0),
             }
@@ -329,6 +416,26 @@ impl Read for ChannelReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn small_blobs_stop_after_the_cap() {
+        let endless = futures::stream::repeat_with(|| Ok(bytes::Bytes::from_static(&[7u8; 1000])));
+        let got = read_capped(endless, 2501).await.expect("read");
+        assert_eq!(got.len(), 2501);
+        let short = futures::stream::iter([Ok(bytes::Bytes::from_static(b"abc"))]);
+        assert_eq!(read_capped(short, 10).await.expect("read"), b"abc");
+        // oci-client's own digest check ends the stream: our check reports the mismatch.
+        let tampered = futures::stream::iter([
+            Ok(bytes::Bytes::from_static(b"abc")),
+            Err(io::Error::other(DigestError::VerificationError {
+                expected: "sha256:00".into(),
+                actual: "sha256:11".into(),
+            })),
+        ]);
+        assert_eq!(read_capped(tampered, 10).await.expect("read"), b"abc");
+        let broken = futures::stream::iter([Err(io::Error::other("connection reset"))]);
+        assert!(read_capped(broken, 10).await.is_err());
+    }
 
     #[test]
     fn mirrors_come_first_then_upstream() {

@@ -9,7 +9,7 @@ use super::archive::ArchiveSource;
 use super::content::{ContentStore, sha256_digest};
 use super::install::{self, Parsed, Platform, Source, Target};
 use super::layers::LayerStore;
-use super::pull::{Credentials, Registries, RegistryConfig};
+use super::pull::{Credentials, Registries, RegistryConfig, RegistrySource};
 use super::reference::ImageRef;
 use super::store::{Image, ImageStore};
 use super::{Error, Result};
@@ -122,8 +122,33 @@ impl Images {
     #[tracing::instrument(skip_all, fields(image.ref = %reference))]
     pub async fn pull(&self, reference: &str, creds: &Credentials) -> Result<Image> {
         let image_ref = ImageRef::parse(reference)?;
-        let _shared = self.gc.read().await;
-        let (source, top, top_digest) = self.registries.resolve(&image_ref, creds).await?;
+        // Resolving stores nothing, so it needs no lock and no cleanup.
+        let resolved = self.registries.resolve(&image_ref, creds).await?;
+        let pulled = {
+            let _shared = self.gc.read().await;
+            self.install_resolved(&image_ref, resolved).await
+        };
+        if pulled.is_err() {
+            self.collect_after_failure().await;
+        }
+        pulled
+    }
+
+    /// A failed pull or import may have committed verified blobs and layers that no image
+    /// records. They go now, so ImageFsInfo does not count them until the next start.
+    /// Collection waits for pulls in flight (the gc lock), whose content is not recorded
+    /// yet; the failed pull released its share of the lock before.
+    async fn collect_after_failure(&self) {
+        if let Err(err) = self.collect_garbage().await {
+            tracing::warn!(err = %err, "collecting garbage after a failed pull failed");
+        }
+    }
+
+    async fn install_resolved(
+        &self,
+        image_ref: &ImageRef,
+        (source, top, top_digest): (Arc<RegistrySource>, Vec<u8>, String),
+    ) -> Result<Image> {
         let (manifest, manifest_digest, extra) = match install::parse_manifest(&top_digest, &top)? {
             Parsed::Manifest { .. } => (top, top_digest.clone(), vec![]),
             Parsed::Index(entries) => {
@@ -180,7 +205,17 @@ impl Images {
     /// Imports every image of an OCI archive.
     #[tracing::instrument(skip_all, fields(archive = %path.display()))]
     pub async fn import_archive(&self, path: &Path) -> Result<Vec<Image>> {
-        let _shared = self.gc.read().await;
+        let imported = {
+            let _shared = self.gc.read().await;
+            self.import_locked(path).await
+        };
+        if imported.is_err() {
+            self.collect_after_failure().await;
+        }
+        imported
+    }
+
+    async fn import_locked(&self, path: &Path) -> Result<Vec<Image>> {
         let scratch = self.scratch();
         let path_owned = path.to_path_buf();
         let source = Arc::new(
@@ -266,7 +301,9 @@ impl Images {
                     // name@digest where digest is the platform manifest
                     self.store.list().into_iter().find(|i| {
                         i.manifest_digest == *d
-                            && i.repo_digests.iter().any(|n| n.starts_with(&r.name()))
+                            && i.repo_digests
+                                .iter()
+                                .any(|n| names_repository(n, &r.name()))
                     })
                 }),
                 None => r.tagged().and_then(|t| self.store.by_name(&t)),
@@ -327,19 +364,27 @@ impl Images {
         Ok(())
     }
 
-    /// Bytes and inodes used under the image store.
+    /// Bytes and inodes used under the image store: every committed blob and every
+    /// committed layer directory, referenced or not. Layers use the sizes recorded when
+    /// they were unpacked, or are measured when no image records them.
     pub fn usage(&self) -> Result<FsUsage> {
         let blobs = self.content.list()?;
         let mut bytes: u64 = blobs.iter().map(|(_, s)| s).sum();
         let mut inodes = blobs.len() as u64;
-        let mut seen = HashSet::new();
-        for img in self.store.list() {
-            for l in img.layers {
-                if seen.insert(l.chain_id) {
-                    bytes += l.unpacked_bytes;
-                    inodes += l.unpacked_inodes + 1;
-                }
-            }
+        let recorded: HashMap<String, (u64, u64)> = self
+            .store
+            .list()
+            .into_iter()
+            .flat_map(|i| i.layers)
+            .map(|l| (l.chain_id, (l.unpacked_bytes, l.unpacked_inodes)))
+            .collect();
+        for chain in self.layers.list()? {
+            let (b, i) = match recorded.get(&chain) {
+                Some(u) => *u,
+                None => super::layers::dir_usage(&self.layers.path(&chain)?),
+            };
+            bytes += b;
+            inodes += i + 1;
         }
         Ok(FsUsage { bytes, inodes })
     }
@@ -347,5 +392,37 @@ impl Images {
     /// The directory holding the image store (reported as the image filesystem).
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Whether `repo_digest` (`name@sha256:…`) names repository `name`, and not one whose name
+/// merely starts the same (`reg/foo` is not `reg/foobar`).
+fn names_repository(repo_digest: &str, name: &str) -> bool {
+    repo_digest
+        .strip_prefix(name)
+        .is_some_and(|rest| rest.starts_with('@'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_digests_match_whole_repository_names() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let cases = [
+            (format!("reg/foo@{d}"), "reg/foo", true),
+            (format!("reg/foobar@{d}"), "reg/foo", false),
+            (format!("reg/foo@{d}"), "reg/foobar", false),
+            (format!("reg/foo/bar@{d}"), "reg/foo", false),
+            (format!("reg/foo@{d}"), "reg/fo", false),
+        ];
+        for (repo_digest, name, want) in cases {
+            assert_eq!(
+                names_repository(&repo_digest, name),
+                want,
+                "{repo_digest} {name}"
+            );
+        }
     }
 }
