@@ -1,6 +1,6 @@
 //! Configuration: a TOML file (`--config`), overridden by flags.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -29,6 +29,72 @@ pub struct Config {
     /// OCI archives imported at start (air-gapped nodes).
     pub image_preload_dir: Option<PathBuf>,
     pub registry: RegistrySection,
+    pub runtime: RuntimeSection,
+    pub cni: CniSection,
+}
+
+/// `[runtime]`: OCI runtime handlers (RuntimeClass) and the pod infra container.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// Handler used when a pod names none.
+    pub default_handler: String,
+    /// `[runtime.handlers.NAME] path = "/usr/sbin/runc"`: handler name → binary.
+    pub handlers: BTreeMap<String, HandlerSection>,
+    /// Image of the infra container; empty means our built-in `cri-pause`.
+    pub sandbox_image: String,
+    /// The `cri-monitor` binary; default: beside the running `cri`.
+    pub monitor: Option<PathBuf>,
+    /// Where pod network namespaces are pinned (`ip netns` lists /run/netns).
+    pub netns_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerSection {
+    /// Binary: an absolute path or a name looked up in PATH.
+    pub path: PathBuf,
+    /// Its `--root` state directory; default `<state>/<handler>`.
+    pub root: Option<PathBuf>,
+}
+
+/// `[cni]`: pod networking.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniSection {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+    /// Subnet of the default network written when `conf_dir` has none.
+    pub pod_cidr: String,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        let handler = |bin: &str| HandlerSection {
+            path: bin.into(),
+            root: None,
+        };
+        Self {
+            default_handler: "runc".into(),
+            handlers: BTreeMap::from([
+                ("runc".to_string(), handler("runc")),
+                ("crun".to_string(), handler("crun")),
+            ]),
+            sandbox_image: String::new(),
+            monitor: None,
+            netns_dir: "/run/netns".into(),
+        }
+    }
+}
+
+impl Default for CniSection {
+    fn default() -> Self {
+        Self {
+            conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
+            pod_cidr: "10.88.0.0/16".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -56,6 +122,8 @@ impl Default for Config {
             max_layer_bytes: 32 << 30,
             image_preload_dir: None,
             registry: RegistrySection::default(),
+            runtime: RuntimeSection::default(),
+            cni: CniSection::default(),
         }
     }
 }
@@ -108,6 +176,57 @@ impl Config {
         Ok(())
     }
 
+    /// The runtime's configuration: handler binaries found (PATH is searched for bare
+    /// names), state directories under `state`, helper binaries beside `cri` unless set.
+    pub fn runtime_config(&self) -> Result<crate::runtime::RuntimeConfig> {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let handlers = self
+            .runtime
+            .handlers
+            .iter()
+            .map(|(name, h)| {
+                let handler = crate::runtime::oci::Handler {
+                    name: name.clone(),
+                    path: find_binary(&h.path),
+                    root: h.root.clone().unwrap_or_else(|| self.state.join(name)),
+                };
+                (name.clone(), handler)
+            })
+            .collect();
+        if !self
+            .runtime
+            .handlers
+            .contains_key(&self.runtime.default_handler)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "default runtime handler {:?} is not among [runtime.handlers]",
+                self.runtime.default_handler
+            )));
+        }
+        Ok(crate::runtime::RuntimeConfig {
+            root: self.root.clone(),
+            handlers,
+            default_handler: self.runtime.default_handler.clone(),
+            sandbox_image: self.runtime.sandbox_image.clone(),
+            monitor: self
+                .runtime
+                .monitor
+                .clone()
+                .unwrap_or_else(|| exe_dir.join("cri-monitor")),
+            pause: exe_dir.join("cri-pause"),
+            netns_dir: self.runtime.netns_dir.clone(),
+            cni: crate::runtime::cni::CniConfig {
+                conf_dir: self.cni.conf_dir.clone(),
+                bin_dirs: self.cni.bin_dirs.clone(),
+                pod_cidr: self.cni.pod_cidr.clone(),
+                cache_dir: self.state.join("cni"),
+            },
+        })
+    }
+
     pub fn registry_config(&self) -> RegistryConfig {
         RegistryConfig {
             mirrors: self
@@ -119,6 +238,30 @@ impl Config {
             insecure: self.registry.insecure.clone(),
         }
     }
+}
+
+/// A bare binary name looked up in PATH and the sbin directories (runc lives in
+/// /usr/sbin, which a non-login PATH may lack); paths are taken as they are.
+fn find_binary(path: &Path) -> PathBuf {
+    if path.components().count() > 1 {
+        return path.to_path_buf();
+    }
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_var)
+        .chain(
+            [
+                "/usr/local/sbin",
+                "/usr/local/bin",
+                "/usr/sbin",
+                "/usr/bin",
+                "/sbin",
+                "/bin",
+            ]
+            .map(PathBuf::from),
+        )
+        .map(|dir| dir.join(path))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| path.to_path_buf())
 }
 
 #[cfg(test)]

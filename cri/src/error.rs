@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::image;
+use crate::{image, runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -14,6 +14,8 @@ pub enum Error {
     AlreadyExists { kind: &'static str, id: String },
     #[error(transparent)]
     Image(#[from] image::Error),
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
     #[error("{what} at {path}: {source}")]
     Io {
         what: &'static str,
@@ -33,6 +35,7 @@ impl From<Error> for tonic::Status {
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Image(e) => image_code(e),
+            Error::Runtime(e) => runtime_code(e),
             Error::Io { .. } => Code::Internal,
         };
         // The full chain, so crictl shows the cause and not only the outer context.
@@ -71,5 +74,30 @@ fn image_code(err: &image::Error) -> tonic::Code {
         | E::BadArchive { .. } => Code::FailedPrecondition,
         E::InUse { .. } => Code::FailedPrecondition,
         E::Io { .. } | E::Store { .. } | E::Join(_) => Code::Internal,
+    }
+}
+
+fn runtime_code(err: &runtime::Error) -> tonic::Code {
+    use runtime::Error as E;
+    use runtime::store::Error as S;
+    use tonic::Code;
+    match err {
+        E::InvalidArgument(_) | E::Spec(runtime::spec::Error::InvalidArgument(_)) => {
+            Code::InvalidArgument
+        }
+        E::FailedPrecondition(_) => Code::FailedPrecondition,
+        E::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        E::NotFound { .. } | E::Store(S::NotFound { .. }) => Code::NotFound,
+        E::Store(S::NameTaken { .. }) => Code::AlreadyExists,
+        E::Store(S::Ambiguous { .. }) => Code::InvalidArgument,
+        E::Image(e) => image_code(e),
+        E::Store(_)
+        | E::Spec(_)
+        | E::Oci(_)
+        | E::Monitor(_)
+        | E::Cni(_)
+        | E::Netns(_)
+        | E::Rootfs(_)
+        | E::Io { .. } => Code::Internal,
     }
 }

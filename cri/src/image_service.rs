@@ -13,11 +13,12 @@ use crate::image::{Image, Images};
 
 pub struct ImageService {
     images: Arc<Images>,
+    runtime: Arc<crate::runtime::Runtime>,
 }
 
 impl ImageService {
-    pub fn new(images: Arc<Images>) -> Self {
-        Self { images }
+    pub fn new(images: Arc<Images>, runtime: Arc<crate::runtime::Runtime>) -> Self {
+        Self { images, runtime }
     }
 }
 
@@ -193,6 +194,17 @@ impl v1::image_service_server::ImageService for ImageService {
     ) -> Result<Response<v1::RemoveImageResponse>, Status> {
         let req = req.into_inner();
         let reference = image_arg(req.image.as_ref())?;
+        // A container's root filesystem is an overlay of the image's layers: refuse
+        // while one exists, as CRI-O does, rather than pull layers from under it.
+        if let Some(img) = self.images.resolve(reference)
+            && let Some(container) = self.runtime.image_in_use(&img.id)
+        {
+            return Err(Error::from(crate::image::Error::InUse {
+                id: img.id,
+                by: format!("container {container}"),
+            })
+            .into());
+        }
         self.images.remove(reference).await.map_err(Error::from)?;
         Ok(Response::new(v1::RemoveImageResponse {}))
     }

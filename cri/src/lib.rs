@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod image;
 pub mod image_service;
+pub mod runtime;
 pub mod runtime_service;
 pub mod server;
 

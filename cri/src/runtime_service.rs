@@ -1,47 +1,50 @@
-//! CRI `RuntimeService`. `Version` and `Status` answer truthfully; pod sandboxes and
-//! containers are not implemented yet, and every such RPC says so with `Unimplemented`
-//! (never a fake success).
+//! CRI `RuntimeService`: translation between the wire and `runtime::Runtime`. Errors
+//! become gRPC codes in `crate::error`. RPCs this build does not implement answer
+//! `Unimplemented` (never a fake success): the streaming ones (`Exec`, `Attach`,
+//! `PortForward`), checkpointing, pod-level metrics and pod resource updates.
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use proto::v1;
 use tonic::{Request, Response, Status};
 
+use crate::error::Error;
+use crate::runtime::Runtime;
+
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
-#[derive(Debug, Default)]
-pub struct RuntimeService {}
+/// Items per message of a streamed listing, well under gRPC's message size limit.
+const STREAM_CHUNK: usize = 500;
+
+#[derive(Debug)]
+pub struct RuntimeService {
+    runtime: Arc<Runtime>,
+}
 
 impl RuntimeService {
-    pub fn new() -> Self {
-        Self {}
+    pub fn new(runtime: Arc<Runtime>) -> Self {
+        Self { runtime }
     }
 }
 
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not implemented yet: this build serves the image service only"
-    ))
+fn not_built(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented by this runtime yet"))
 }
 
-/// Conditions as kubelet reads them: the runtime cannot run containers yet, and there is
-/// no pod network.
-pub fn conditions() -> Vec<v1::RuntimeCondition> {
-    vec![
-        v1::RuntimeCondition {
-            r#type: "RuntimeReady".into(),
-            status: false,
-            reason: "ContainersNotSupported".into(),
-            message: "pod sandboxes and containers are not implemented yet".into(),
-        },
-        v1::RuntimeCondition {
-            r#type: "NetworkReady".into(),
-            status: false,
-            reason: "NetworkPluginNotReady".into(),
-            message: "pod networking (CNI) is not implemented yet".into(),
-        },
-    ]
+fn status(e: impl Into<Error>) -> Status {
+    e.into().into()
+}
+
+/// Splits a listing into messages of at most `STREAM_CHUNK` items; none for no items.
+fn chunked<T, R: Send + 'static>(items: Vec<T>, wrap: impl Fn(Vec<T>) -> R) -> Stream<R> {
+    let mut out = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        out.push(Ok(wrap(items.by_ref().take(STREAM_CHUNK).collect())));
+    }
+    Box::pin(futures::stream::iter(out))
 }
 
 #[tonic::async_trait]
@@ -60,192 +63,307 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
 
     async fn run_pod_sandbox(
         &self,
-        _req: Request<v1::RunPodSandboxRequest>,
+        req: Request<v1::RunPodSandboxRequest>,
     ) -> Result<Response<v1::RunPodSandboxResponse>, Status> {
-        Err(not_yet("RunPodSandbox"))
+        let req = req.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| status(Error::InvalidArgument("sandbox config is required".into())))?;
+        let id = self
+            .runtime
+            .run_pod_sandbox(config, &req.runtime_handler)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _req: Request<v1::StopPodSandboxRequest>,
+        req: Request<v1::StopPodSandboxRequest>,
     ) -> Result<Response<v1::StopPodSandboxResponse>, Status> {
-        Err(not_yet("StopPodSandbox"))
+        let id = req.into_inner().pod_sandbox_id;
+        self.runtime.stop_pod_sandbox(&id).await.map_err(status)?;
+        Ok(Response::new(v1::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<v1::RemovePodSandboxRequest>,
+        req: Request<v1::RemovePodSandboxRequest>,
     ) -> Result<Response<v1::RemovePodSandboxResponse>, Status> {
-        Err(not_yet("RemovePodSandbox"))
+        let id = req.into_inner().pod_sandbox_id;
+        self.runtime.remove_pod_sandbox(&id).await.map_err(status)?;
+        Ok(Response::new(v1::RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _req: Request<v1::PodSandboxStatusRequest>,
+        req: Request<v1::PodSandboxStatusRequest>,
     ) -> Result<Response<v1::PodSandboxStatusResponse>, Status> {
-        Err(not_yet("PodSandboxStatus"))
+        let req = req.into_inner();
+        let resp = self
+            .runtime
+            .pod_sandbox_status(&req.pod_sandbox_id, req.verbose)
+            .map_err(status)?;
+        Ok(Response::new(resp))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _req: Request<v1::ListPodSandboxRequest>,
+        req: Request<v1::ListPodSandboxRequest>,
     ) -> Result<Response<v1::ListPodSandboxResponse>, Status> {
-        Err(not_yet("ListPodSandbox"))
+        let filter = req.into_inner().filter;
+        Ok(Response::new(v1::ListPodSandboxResponse {
+            items: self.runtime.list_pod_sandboxes(filter.as_ref()),
+        }))
     }
 
     type StreamPodSandboxesStream = Stream<v1::StreamPodSandboxesResponse>;
 
     async fn stream_pod_sandboxes(
         &self,
-        _req: Request<v1::StreamPodSandboxesRequest>,
+        req: Request<v1::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        Err(not_yet("StreamPodSandboxes"))
+        let filter = req.into_inner().filter;
+        let items = self.runtime.list_pod_sandboxes(filter.as_ref());
+        Ok(Response::new(chunked(items, |pod_sandboxes| {
+            v1::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
     }
 
     async fn create_container(
         &self,
-        _req: Request<v1::CreateContainerRequest>,
+        req: Request<v1::CreateContainerRequest>,
     ) -> Result<Response<v1::CreateContainerResponse>, Status> {
-        Err(not_yet("CreateContainer"))
+        let req = req.into_inner();
+        let config = req.config.ok_or_else(|| {
+            status(Error::InvalidArgument(
+                "container config is required".into(),
+            ))
+        })?;
+        let id = self
+            .runtime
+            .create_container(&req.pod_sandbox_id, config)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::CreateContainerResponse {
+            container_id: id,
+        }))
     }
 
     async fn start_container(
         &self,
-        _req: Request<v1::StartContainerRequest>,
+        req: Request<v1::StartContainerRequest>,
     ) -> Result<Response<v1::StartContainerResponse>, Status> {
-        Err(not_yet("StartContainer"))
+        let id = req.into_inner().container_id;
+        self.runtime.start_container(&id).await.map_err(status)?;
+        Ok(Response::new(v1::StartContainerResponse {}))
     }
 
     async fn stop_container(
         &self,
-        _req: Request<v1::StopContainerRequest>,
+        req: Request<v1::StopContainerRequest>,
     ) -> Result<Response<v1::StopContainerResponse>, Status> {
-        Err(not_yet("StopContainer"))
+        let req = req.into_inner();
+        self.runtime
+            .stop_container(&req.container_id, req.timeout)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::StopContainerResponse {}))
     }
 
     async fn remove_container(
         &self,
-        _req: Request<v1::RemoveContainerRequest>,
+        req: Request<v1::RemoveContainerRequest>,
     ) -> Result<Response<v1::RemoveContainerResponse>, Status> {
-        Err(not_yet("RemoveContainer"))
+        let id = req.into_inner().container_id;
+        self.runtime.remove_container(&id).await.map_err(status)?;
+        Ok(Response::new(v1::RemoveContainerResponse {}))
     }
 
     async fn list_containers(
         &self,
-        _req: Request<v1::ListContainersRequest>,
+        req: Request<v1::ListContainersRequest>,
     ) -> Result<Response<v1::ListContainersResponse>, Status> {
-        Err(not_yet("ListContainers"))
+        let filter = req.into_inner().filter;
+        Ok(Response::new(v1::ListContainersResponse {
+            containers: self.runtime.list_containers(filter.as_ref()),
+        }))
     }
 
     type StreamContainersStream = Stream<v1::StreamContainersResponse>;
 
     async fn stream_containers(
         &self,
-        _req: Request<v1::StreamContainersRequest>,
+        req: Request<v1::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        Err(not_yet("StreamContainers"))
+        let filter = req.into_inner().filter;
+        let items = self.runtime.list_containers(filter.as_ref());
+        Ok(Response::new(chunked(items, |containers| {
+            v1::StreamContainersResponse { containers }
+        })))
     }
 
     async fn container_status(
         &self,
-        _req: Request<v1::ContainerStatusRequest>,
+        req: Request<v1::ContainerStatusRequest>,
     ) -> Result<Response<v1::ContainerStatusResponse>, Status> {
-        Err(not_yet("ContainerStatus"))
+        let req = req.into_inner();
+        let resp = self
+            .runtime
+            .container_status(&req.container_id, req.verbose)
+            .map_err(status)?;
+        Ok(Response::new(resp))
     }
 
     async fn update_container_resources(
         &self,
-        _req: Request<v1::UpdateContainerResourcesRequest>,
+        req: Request<v1::UpdateContainerResourcesRequest>,
     ) -> Result<Response<v1::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources"))
+        let req = req.into_inner();
+        let linux = req.linux.ok_or_else(|| {
+            status(Error::InvalidArgument(
+                "linux resources are required (windows resources are not supported)".into(),
+            ))
+        })?;
+        self.runtime
+            .update_container_resources(&req.container_id, linux)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
-        _req: Request<v1::ReopenContainerLogRequest>,
+        req: Request<v1::ReopenContainerLogRequest>,
     ) -> Result<Response<v1::ReopenContainerLogResponse>, Status> {
-        Err(not_yet("ReopenContainerLog"))
+        let id = req.into_inner().container_id;
+        self.runtime.reopen_container_log(&id).map_err(status)?;
+        Ok(Response::new(v1::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(
         &self,
-        _req: Request<v1::ExecSyncRequest>,
+        req: Request<v1::ExecSyncRequest>,
     ) -> Result<Response<v1::ExecSyncResponse>, Status> {
-        Err(not_yet("ExecSync"))
+        let req = req.into_inner();
+        let out = self
+            .runtime
+            .exec_sync(&req.container_id, &req.cmd, req.timeout)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
     }
 
     async fn exec(
         &self,
         _req: Request<v1::ExecRequest>,
     ) -> Result<Response<v1::ExecResponse>, Status> {
-        Err(not_yet("Exec"))
+        Err(not_built("Exec (streaming)"))
     }
 
     async fn attach(
         &self,
         _req: Request<v1::AttachRequest>,
     ) -> Result<Response<v1::AttachResponse>, Status> {
-        Err(not_yet("Attach"))
+        Err(not_built("Attach (streaming)"))
     }
 
     async fn port_forward(
         &self,
         _req: Request<v1::PortForwardRequest>,
     ) -> Result<Response<v1::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward"))
+        Err(not_built("PortForward (streaming)"))
     }
 
     async fn container_stats(
         &self,
-        _req: Request<v1::ContainerStatsRequest>,
+        req: Request<v1::ContainerStatsRequest>,
     ) -> Result<Response<v1::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats"))
+        let id = req.into_inner().container_id;
+        let stats = self.runtime.container_stats(&id).map_err(status)?;
+        Ok(Response::new(v1::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<v1::ListContainerStatsRequest>,
+        req: Request<v1::ListContainerStatsRequest>,
     ) -> Result<Response<v1::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats"))
+        let filter = req.into_inner().filter;
+        Ok(Response::new(v1::ListContainerStatsResponse {
+            stats: self.runtime.list_container_stats(filter.as_ref()),
+        }))
     }
 
     type StreamContainerStatsStream = Stream<v1::StreamContainerStatsResponse>;
 
     async fn stream_container_stats(
         &self,
-        _req: Request<v1::StreamContainerStatsRequest>,
+        req: Request<v1::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        Err(not_yet("StreamContainerStats"))
+        let filter = req.into_inner().filter;
+        let items = self.runtime.list_container_stats(filter.as_ref());
+        Ok(Response::new(chunked(items, |container_stats| {
+            v1::StreamContainerStatsResponse { container_stats }
+        })))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<v1::PodSandboxStatsRequest>,
+        req: Request<v1::PodSandboxStatsRequest>,
     ) -> Result<Response<v1::PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats"))
+        let id = req.into_inner().pod_sandbox_id;
+        let stats = self.runtime.pod_sandbox_stats(&id).map_err(status)?;
+        Ok(Response::new(v1::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<v1::ListPodSandboxStatsRequest>,
+        req: Request<v1::ListPodSandboxStatsRequest>,
     ) -> Result<Response<v1::ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats"))
+        let filter = req.into_inner().filter;
+        Ok(Response::new(v1::ListPodSandboxStatsResponse {
+            stats: self.runtime.list_pod_sandbox_stats(filter.as_ref()),
+        }))
     }
 
     type StreamPodSandboxStatsStream = Stream<v1::StreamPodSandboxStatsResponse>;
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _req: Request<v1::StreamPodSandboxStatsRequest>,
+        req: Request<v1::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        Err(not_yet("StreamPodSandboxStats"))
+        let filter = req.into_inner().filter;
+        let items = self.runtime.list_pod_sandbox_stats(filter.as_ref());
+        Ok(Response::new(chunked(items, |pod_sandbox_stats| {
+            v1::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })))
     }
 
+    /// kubelet sends the node's pod CIDR here. Like containerd without a CNI config
+    /// template, we take note of it and change nothing: the CNI config in the conf dir
+    /// decides the pod network.
     async fn update_runtime_config(
         &self,
-        _req: Request<v1::UpdateRuntimeConfigRequest>,
+        req: Request<v1::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<v1::UpdateRuntimeConfigResponse>, Status> {
-        Err(not_yet("UpdateRuntimeConfig"))
+        let cidr = req
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        tracing::info!(pod_cidr = %cidr, "kubelet reported the pod CIDR; the CNI config decides the pod network");
+        Ok(Response::new(v1::UpdateRuntimeConfigResponse {}))
     }
 
     async fn status(
@@ -254,19 +372,38 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
     ) -> Result<Response<v1::StatusResponse>, Status> {
         let verbose = req.into_inner().verbose;
         let mut info = HashMap::new();
+        let cfg = self.runtime.config();
         if verbose {
             info.insert(
                 "info".to_string(),
-                serde_json::json!({ "runtimeName": crate::RUNTIME_NAME, "version": crate::RUNTIME_VERSION, "services": ["ImageService"] })
-                    .to_string(),
+                serde_json::json!({
+                    "runtimeName": crate::RUNTIME_NAME,
+                    "version": crate::RUNTIME_VERSION,
+                    "defaultRuntimeHandler": cfg.default_handler,
+                    "cniConfDir": cfg.cni.conf_dir,
+                    "cniBinDirs": cfg.cni.bin_dirs,
+                    "sandboxImage": cfg.sandbox_image,
+                })
+                .to_string(),
             );
         }
+        let runtime_handlers = cfg
+            .handlers
+            .keys()
+            .map(|name| v1::RuntimeHandler {
+                name: name.clone(),
+                features: Some(v1::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
+            })
+            .collect();
         Ok(Response::new(v1::StatusResponse {
             status: Some(v1::RuntimeStatus {
-                conditions: conditions(),
+                conditions: self.runtime.conditions(),
             }),
             info,
-            runtime_handlers: vec![],
+            runtime_handlers,
             features: None,
         }))
     }
@@ -275,7 +412,7 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _req: Request<v1::CheckpointContainerRequest>,
     ) -> Result<Response<v1::CheckpointContainerResponse>, Status> {
-        Err(not_yet("CheckpointContainer"))
+        Err(not_built("CheckpointContainer"))
     }
 
     type GetContainerEventsStream = Stream<v1::ContainerEventResponse>;
@@ -284,21 +421,35 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _req: Request<v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents"))
+        let rx = self.runtime.subscribe();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => return Some((Ok(ev), rx)),
+                    // A slow client misses events rather than stalling the runtime;
+                    // kubelet relists when it sees a gap in its own bookkeeping.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "container event subscriber lagged");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn list_metric_descriptors(
         &self,
         _req: Request<v1::ListMetricDescriptorsRequest>,
     ) -> Result<Response<v1::ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors"))
+        Err(not_built("ListMetricDescriptors"))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<v1::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics"))
+        Err(not_built("ListPodSandboxMetrics"))
     }
 
     type StreamPodSandboxMetricsStream = Stream<v1::StreamPodSandboxMetricsResponse>;
@@ -307,20 +458,24 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _req: Request<v1::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(not_yet("StreamPodSandboxMetrics"))
+        Err(not_built("StreamPodSandboxMetrics"))
     }
 
     async fn runtime_config(
         &self,
         _req: Request<v1::RuntimeConfigRequest>,
     ) -> Result<Response<v1::RuntimeConfigResponse>, Status> {
-        Err(not_yet("RuntimeConfig"))
+        Ok(Response::new(v1::RuntimeConfigResponse {
+            linux: Some(v1::LinuxRuntimeConfiguration {
+                cgroup_driver: v1::CgroupDriver::Cgroupfs as i32,
+            }),
+        }))
     }
 
     async fn update_pod_sandbox_resources(
         &self,
         _req: Request<v1::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<v1::UpdatePodSandboxResourcesResponse>, Status> {
-        Err(not_yet("UpdatePodSandboxResources"))
+        Err(not_built("UpdatePodSandboxResources"))
     }
 }

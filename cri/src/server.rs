@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::image::{Images, ImagesConfig, install::Platform};
 use crate::image_service::ImageService;
+use crate::runtime::Runtime;
 use crate::runtime_service::RuntimeService;
 
 /// gRPC messages up to 16 MiB, as kubelet allows.
@@ -22,6 +23,7 @@ const MAX_MESSAGE: usize = 16 << 20;
 /// Everything the server needs, built before the socket opens.
 pub struct Cri {
     pub images: Arc<Images>,
+    pub runtime: Arc<Runtime>,
     pub config: Config,
     /// Exclusive lock on the root for the life of the server.
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -43,8 +45,11 @@ impl Cri {
             let n = images.preload_dir(dir).await;
             tracing::info!(dir = %dir.display(), images = n, "preloaded images");
         }
+        let images = Arc::new(images);
+        let runtime = Runtime::open(config.runtime_config()?, images.clone()).await?;
         Ok(Self {
-            images: Arc::new(images),
+            images,
+            runtime,
             config,
             _lock: lock,
         })
@@ -55,12 +60,13 @@ impl Cri {
         let socket = self.config.socket.clone();
         let listener = bind(&socket)?;
         tracing::info!(socket = %socket.display(), "serving CRI");
-        let runtime = RuntimeServiceServer::new(RuntimeService::new())
+        let runtime = RuntimeServiceServer::new(RuntimeService::new(self.runtime.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        let images = ImageServiceServer::new(ImageService::new(self.images.clone()))
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let images =
+            ImageServiceServer::new(ImageService::new(self.images.clone(), self.runtime.clone()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
         let result = tonic::transport::Server::builder()
             .add_service(runtime)
             .add_service(images)
@@ -122,7 +128,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("creating socket directory", dir))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+            return Err(Error::InvalidArgument(format!(
+                "socket path {} exists and is not a socket",
+                path.display()
+            )));
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(Error::AlreadyExists {
                 kind: "a server on socket",

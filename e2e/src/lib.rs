@@ -12,6 +12,7 @@ pub mod cri;
 pub mod http;
 pub mod image;
 pub mod malicious;
+pub mod pods;
 pub mod registry;
 
 pub use image::{

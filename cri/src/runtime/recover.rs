@@ -1,0 +1,77 @@
+//! Recovery before serving: containers keep running under their monitors while the
+//! server is down; at start every record is checked against its monitor and the exit
+//! it left, exits that happened meanwhile are recorded, and live ones are watched again.
+
+use std::sync::Arc;
+
+use super::{Runtime, now_ns};
+
+/// Whether `pid` is still the monitor (or infra process) of object `id`, not a process
+/// that reused the pid after a reboot.
+fn process_of(pid: i32, id: &str) -> bool {
+    pid > 0
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == id.as_bytes()))
+            .unwrap_or(false)
+}
+
+impl Runtime {
+    pub(super) async fn recover(self: &Arc<Self>) {
+        let mut running = 0;
+        for c in self.containers.list() {
+            if !c.alive() {
+                continue;
+            }
+            if process_of(c.monitor_pid, &c.id) {
+                running += 1;
+                self.watch_exit(&c);
+            } else if let Err(e) = self.record_exit(&c.id).await {
+                tracing::warn!(container.id = %c.id, err = %e, "recording an exit found at recovery");
+            }
+        }
+        let mut ready = 0;
+        for sb in self.sandboxes.list() {
+            if sb.stopped_at_ns.is_some() {
+                continue;
+            }
+            if sb.infra_pid > 0 && process_of(sb.monitor_pid, &sb.id) {
+                ready += 1;
+                self.watch_infra(&sb);
+                continue;
+            }
+            tracing::warn!(sandbox.id = %sb.id, "infra process gone; sandbox not ready");
+            let _ = self.sandboxes.update(&sb.id, |s| {
+                s.infra_exited_at_ns.get_or_insert_with(now_ns);
+            });
+        }
+        tracing::info!(
+            sandboxes = self.sandboxes.list().len(),
+            ready,
+            containers = self.containers.list().len(),
+            running,
+            "recovered runtime state"
+        );
+    }
+
+    /// Marks the sandbox not ready when its infra process dies (kubelet then recreates
+    /// the pod's sandbox).
+    pub(super) fn watch_infra(self: &Arc<Self>, sb: &super::Sandbox) {
+        let rt = Arc::clone(self);
+        let id = sb.id.clone();
+        let monitor_pid = sb.monitor_pid;
+        tokio::spawn(async move {
+            if let Err(e) = super::monitor::wait_exit(monitor_pid).await {
+                tracing::warn!(sandbox.id = %id, err = %e, "waiting for infra monitor");
+            }
+            if let Ok(sb) = rt.sandboxes.get(&id)
+                && sb.stopped_at_ns.is_none()
+                && sb.infra_exited_at_ns.is_none()
+            {
+                tracing::warn!(sandbox.id = %id, "infra process exited; sandbox not ready");
+                let _ = rt
+                    .sandboxes
+                    .update(&id, |s| s.infra_exited_at_ns = Some(now_ns()));
+            }
+        });
+    }
+}
