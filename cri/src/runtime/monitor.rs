@@ -1,0 +1,581 @@
+//! Spawning and watching `cri-monitor`, the per-container monitor process, and the
+//! files it leaves behind.
+//!
+//! The monitor (`src/bin/cri-monitor.rs`) runs `<runtime> create` for one container,
+//! owns the container's stdio, writes the CRI log, reaps the container and records its
+//! exit in an exit file. It outlives the CRI server: it forks itself once at start (the
+//! process we spawn exits at once and we reap it), and the forked copy calls `setsid`,
+//! so the monitor is never our child and survives our restart or `kill -9`.
+//!
+//! # Sync protocol
+//! The monitor writes JSON lines ([`SyncMessage`]) on its stdout (or `--sync-fd N`):
+//! first `{"started":{"monitor_pid":N}}` after it detached, then exactly one of
+//! `{"created":{"container_pid":N}}` or `{"failed":{"message":"…"}}`, and closes it.
+//! After `created`, the caller runs `<runtime> start` itself.
+//!
+//! # Exit file
+//! When the container's init process exits the monitor drains its output (until EOF or
+//! about a second more) and writes [`ExitRecord`] as JSON atomically (temp file, fsync,
+//! rename). It does not delete the container from the runtime: the caller does, after
+//! reading what it needs (OOM counters) from the container's cgroup.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{FromRawFd as _, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+
+/// How long [`spawn`] waits for the monitor to report the outcome of `create`.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors of spawning and watching monitors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("start monitor {bin} for container {id}")]
+    Spawn {
+        id: String,
+        bin: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("create container {id}: {message}")]
+    Create { id: String, message: String },
+    #[error("monitor of container {id} did not report within {timeout:?}")]
+    Timeout { id: String, timeout: Duration },
+    #[error("monitor of container {id} broke the sync protocol: {message}")]
+    Protocol { id: String, message: String },
+    #[error("open pidfd of process {pid}")]
+    Pidfd {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read exit file {path}")]
+    ReadExit {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("parse exit file {path}")]
+    ParseExit {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("signal monitor process {pid}")]
+    Signal {
+        pid: i32,
+        #[source]
+        source: Errno,
+    },
+    #[error("invalid monitor arguments: {0}")]
+    Args(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What one monitor is asked to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorSpec {
+    /// The container id, as known to the OCI runtime.
+    pub id: String,
+    /// The OCI bundle (holds `config.json`; the monitor writes `pid` and `runtime.log`).
+    pub bundle: PathBuf,
+    /// The OCI runtime binary (runc, crun).
+    pub runtime: PathBuf,
+    /// The runtime's state directory (`--root`).
+    pub runtime_root: PathBuf,
+    /// Where the monitor records the exit.
+    pub exit_file: PathBuf,
+    /// The CRI log file; output is discarded when `None`.
+    pub log_path: Option<PathBuf>,
+    /// Give the container a stdin pipe that stays open (instead of /dev/null).
+    pub stdin: bool,
+    /// Close the container's stdin after the first attached client leaves.
+    pub stdin_once: bool,
+    /// The container has a terminal (`process.terminal` in the spec); its output is
+    /// logged as stdout.
+    pub tty: bool,
+}
+
+impl MonitorSpec {
+    /// The `cri-monitor` command line for this spec (without the program name).
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::with_capacity(16);
+        let mut pair = |k: &str, v: &OsStr| {
+            a.push(k.into());
+            a.push(v.to_os_string());
+        };
+        pair("--id", OsStr::new(&self.id));
+        pair("--bundle", self.bundle.as_os_str());
+        pair("--runtime", self.runtime.as_os_str());
+        pair("--runtime-root", self.runtime_root.as_os_str());
+        pair("--exit-file", self.exit_file.as_os_str());
+        if let Some(p) = &self.log_path {
+            pair("--log-path", p.as_os_str());
+        }
+        for (on, flag) in [
+            (self.stdin, "--stdin"),
+            (self.stdin_once, "--stdin-once"),
+            (self.tty, "--tty"),
+        ] {
+            if on {
+                a.push(flag.into());
+            }
+        }
+        a
+    }
+}
+
+/// The full command line of `cri-monitor`, as the binary parses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MonitorArgs {
+    pub spec: MonitorSpec,
+    /// Extra global options for the runtime, placed before `create` (`--runtime-arg`).
+    pub runtime_args: Vec<OsString>,
+    /// Where the sync messages go (`--sync-fd`, default 1 = stdout).
+    pub sync_fd: RawFd,
+}
+
+/// Usage text of `cri-monitor`.
+pub const USAGE: &str = "usage: cri-monitor --id ID --bundle DIR --runtime PATH \
+--runtime-root DIR --exit-file FILE [--log-path FILE] [--stdin] [--stdin-once] [--tty] \
+[--runtime-arg ARG]... [--sync-fd N]";
+
+/// Parses the `cri-monitor` command line (without the program name). `--flag value`
+/// and `--flag=value` are both accepted.
+pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<MonitorArgs> {
+    let mut it = args.into_iter();
+    let (mut id, mut bundle, mut runtime, mut root, mut exit_file) = (None, None, None, None, None);
+    let mut log_path = None;
+    let (mut stdin, mut stdin_once, mut tty) = (false, false, false);
+    let mut runtime_args = Vec::new();
+    let mut sync_fd: RawFd = 1;
+    while let Some(arg) = it.next() {
+        let arg = arg
+            .into_string()
+            .map_err(|a| Error::Args(format!("option is not UTF-8: {a:?}")))?;
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(OsString::from(v))),
+            _ => (arg, None),
+        };
+        let mut value = || -> Result<OsString> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => it
+                    .next()
+                    .ok_or_else(|| Error::Args(format!("{name} needs a value"))),
+            }
+        };
+        match name.as_str() {
+            "--id" => {
+                let v = value()?;
+                id = Some(
+                    v.into_string()
+                        .map_err(|v| Error::Args(format!("--id is not UTF-8: {v:?}")))?,
+                );
+            }
+            "--bundle" => bundle = Some(PathBuf::from(value()?)),
+            "--runtime" => runtime = Some(PathBuf::from(value()?)),
+            "--runtime-root" => root = Some(PathBuf::from(value()?)),
+            "--exit-file" => exit_file = Some(PathBuf::from(value()?)),
+            "--log-path" => log_path = Some(PathBuf::from(value()?)),
+            "--runtime-arg" => runtime_args.push(value()?),
+            "--sync-fd" => {
+                let v = value()?;
+                sync_fd = v
+                    .to_str()
+                    .and_then(|s| s.parse::<RawFd>().ok())
+                    .filter(|fd| *fd >= 0)
+                    .ok_or_else(|| Error::Args(format!("--sync-fd: not a descriptor: {v:?}")))?;
+            }
+            "--stdin" | "--stdin-once" | "--tty" if inline.is_some() => {
+                return Err(Error::Args(format!("{name} takes no value")));
+            }
+            "--stdin" => stdin = true,
+            "--stdin-once" => stdin_once = true,
+            "--tty" => tty = true,
+            other => return Err(Error::Args(format!("unknown option {other:?}"))),
+        }
+    }
+    let need = |v: Option<PathBuf>, name: &str| {
+        v.ok_or_else(|| Error::Args(format!("{name} is required")))
+    };
+    let id = id.ok_or_else(|| Error::Args("--id is required".into()))?;
+    if id.is_empty() {
+        return Err(Error::Args("--id is empty".into()));
+    }
+    Ok(MonitorArgs {
+        spec: MonitorSpec {
+            id,
+            bundle: need(bundle, "--bundle")?,
+            runtime: need(runtime, "--runtime")?,
+            runtime_root: need(root, "--runtime-root")?,
+            exit_file: need(exit_file, "--exit-file")?,
+            log_path,
+            stdin,
+            stdin_once,
+            tty,
+        },
+        runtime_args,
+        sync_fd,
+    })
+}
+
+/// One line of the sync protocol, monitor → caller.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMessage {
+    /// The monitor detached; this is its pid.
+    Started { monitor_pid: i32 },
+    /// `<runtime> create` succeeded; the container's init process waits for `start`.
+    Created { container_pid: i32 },
+    /// Creation failed; the monitor exits and left no container behind.
+    Failed { message: String },
+}
+
+/// A monitor that reported a created container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Started {
+    pub monitor_pid: i32,
+    pub container_pid: i32,
+}
+
+/// How the container's init process ended, as the monitor records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExitRecord {
+    /// The exit status, or 128 + the signal number when killed by a signal.
+    pub exit_code: i32,
+    /// When the monitor reaped the process, in nanoseconds since the Unix epoch.
+    pub finished_at_ns: i64,
+    /// The signal that killed the process, if one did.
+    pub signal: Option<i32>,
+}
+
+/// Spawns `cri-monitor` for `spec` and waits (at most [`SYNC_TIMEOUT`]) until it
+/// reports the outcome of `<runtime> create`. A failed create is [`Error::Create`]
+/// with the runtime's own message; the monitor has then exited.
+#[tracing::instrument(skip_all, fields(container.id = %spec.id))]
+pub async fn spawn(monitor_bin: &Path, spec: &MonitorSpec) -> Result<Started> {
+    spawn_with_timeout(monitor_bin, spec, SYNC_TIMEOUT).await
+}
+
+/// [`spawn`] with an explicit timeout for the sync messages.
+pub async fn spawn_with_timeout(
+    monitor_bin: &Path,
+    spec: &MonitorSpec,
+    timeout: Duration,
+) -> Result<Started> {
+    let id = spec.id.clone();
+    let mut child = tokio::process::Command::new(monitor_bin)
+        .args(spec.args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            id: id.clone(),
+            bin: monitor_bin.to_path_buf(),
+            source,
+        })?;
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(protocol(&id, "monitor stdio pipes missing"));
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let mut monitor_pid: Option<i32> = None;
+
+    let outcome = tokio::time::timeout(timeout, async {
+        loop {
+            let line = match lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(protocol(&id, &format!("read sync pipe: {e}"))),
+            };
+            let msg: SyncMessage = serde_json::from_str(&line)
+                .map_err(|e| protocol(&id, &format!("bad sync message {line:?}: {e}")))?;
+            match msg {
+                SyncMessage::Started { monitor_pid: pid } => monitor_pid = Some(pid),
+                other => return Ok(Some(other)),
+            }
+        }
+    })
+    .await;
+
+    // The process we spawned forks and exits at once; reap it.
+    let first = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+
+    match outcome {
+        Ok(Ok(Some(SyncMessage::Created { container_pid }))) => {
+            let monitor_pid = monitor_pid.ok_or_else(|| protocol(&id, "created before started"))?;
+            tracing::debug!(monitor_pid, container_pid, "container created");
+            Ok(Started {
+                monitor_pid,
+                container_pid,
+            })
+        }
+        Ok(Ok(Some(SyncMessage::Failed { message }))) => Err(Error::Create { id, message }),
+        Ok(Ok(Some(SyncMessage::Started { .. }))) => Err(protocol(&id, "started twice")),
+        Ok(Ok(None)) => {
+            // The monitor died before it reported: its stderr says why.
+            let mut text = String::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), stderr.read_to_string(&mut text))
+                .await;
+            let status = match first {
+                Ok(Ok(s)) => format!("{s}"),
+                _ => "unknown status".to_string(),
+            };
+            let text = text.trim();
+            Err(protocol(
+                &id,
+                &if text.is_empty() {
+                    format!("exited without a report ({status})")
+                } else {
+                    format!("exited without a report ({status}): {text}")
+                },
+            ))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            if let Some(pid) = monitor_pid.filter(|p| *p > 0) {
+                // A hung create: stop the monitor; the caller cleans up the container.
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            Err(Error::Timeout { id, timeout })
+        }
+    }
+}
+
+fn protocol(id: &str, message: &str) -> Error {
+    Error::Protocol {
+        id: id.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Resolves when the process `pid` exits. Event-driven through a pidfd, so it also
+/// works for a monitor that is not our child (after a server restart). Resolves at
+/// once if there is no such process.
+pub async fn wait_exit(pid: i32) -> Result<()> {
+    if pid <= 0 {
+        return Ok(());
+    }
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(source) => return Err(Error::Pidfd { pid, source }),
+    };
+    // SAFETY: an OwnedFd keeps its descriptor open, and `as_raw_fd` returns the same
+    // number, for as long as the AsyncFd owns it.
+    let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        .map_err(|source| Error::Pidfd {
+            pid,
+            source: source.into(),
+        })?;
+    // A pidfd becomes readable once the process has exited, and stays so.
+    let _ready = fd
+        .readable()
+        .await
+        .map_err(|source| Error::Pidfd { pid, source })?;
+    Ok(())
+}
+
+/// `pidfd_open(2)` (Linux ≥ 5.3): a descriptor that refers to process `pid` and
+/// polls readable when it exits. Neither libc nor nix wraps it, so this calls the
+/// syscall directly.
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and a flags word and returns a new descriptor or
+    // -1; no memory is passed to the kernel.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(ret).map_err(|_| io::Error::other("pidfd out of range"))?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads the exit record; `None` if the monitor has not written it (yet).
+pub fn read_exit(exit_file: &Path) -> Result<Option<ExitRecord>> {
+    let data = match std::fs::read(exit_file) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(Error::ReadExit {
+                path: exit_file.to_path_buf(),
+                source,
+            });
+        }
+    };
+    serde_json::from_slice(&data)
+        .map(Some)
+        .map_err(|source| Error::ParseExit {
+            path: exit_file.to_path_buf(),
+            source,
+        })
+}
+
+/// Asks the monitor to reopen the container's log file (`ReopenContainerLog`: the
+/// kubelet renamed it and wants new output in a new file at the same path).
+pub fn reopen_log(monitor_pid: i32) -> Result<()> {
+    if monitor_pid <= 0 {
+        return Err(Error::Signal {
+            pid: monitor_pid,
+            source: Errno::ESRCH,
+        });
+    }
+    kill(Pid::from_raw(monitor_pid), Signal::SIGUSR1).map_err(|source| Error::Signal {
+        pid: monitor_pid,
+        source,
+    })
+}
+
+/// Whether process `pid` exists and has not exited (a zombie counts as exited).
+pub fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => !is_zombie(pid),
+        Err(_) => false,
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S …`: comm may contain spaces and parentheses; the state follows the
+    // last `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "Z" || state == "X")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd as _;
+
+    fn spec() -> MonitorSpec {
+        MonitorSpec {
+            id: "abc".into(),
+            bundle: "/b".into(),
+            runtime: "/usr/sbin/runc".into(),
+            runtime_root: "/run/r".into(),
+            exit_file: "/b/exit".into(),
+            log_path: Some("/var/log/pods/x/0.log".into()),
+            stdin: true,
+            stdin_once: false,
+            tty: true,
+        }
+    }
+
+    #[test]
+    fn args_round_trip() -> Result<()> {
+        let s = spec();
+        let parsed = parse_args(s.args())?;
+        assert_eq!(parsed.spec, s);
+        assert_eq!(parsed.sync_fd, 1);
+        assert!(parsed.runtime_args.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn args_table() {
+        let base = [
+            "--id",
+            "x",
+            "--bundle",
+            "/b",
+            "--runtime",
+            "r",
+            "--runtime-root",
+            "/s",
+            "--exit-file",
+            "/e",
+        ];
+        /// (sync fd, number of runtime args) or a part of the error message
+        type Want<'a> = Result<(RawFd, usize), &'a str>;
+        let cases: &[(&[&str], Want)] = &[
+            (&[], Ok((1, 0))),
+            (&["--sync-fd", "5"], Ok((5, 0))),
+            (
+                &["--sync-fd=7", "--runtime-arg", "--systemd-cgroup"],
+                Ok((7, 1)),
+            ),
+            (&["--sync-fd", "-1"], Err("--sync-fd")),
+            (&["--bogus"], Err("unknown option")),
+            (&["--tty=1"], Err("takes no value")),
+            (&["--log-path"], Err("needs a value")),
+        ];
+        for (extra, want) in cases {
+            let args = base.iter().chain(extra.iter()).map(OsString::from);
+            match (parse_args(args), want) {
+                (Ok(a), Ok((fd, n))) => {
+                    assert_eq!((a.sync_fd, a.runtime_args.len()), (*fd, *n), "{extra:?}")
+                }
+                (Err(e), Err(text)) => assert!(e.to_string().contains(text), "{extra:?}: {e}"),
+                (got, want) => panic!("{extra:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        let missing = parse_args(["--id", "x"].map(OsString::from));
+        assert!(matches!(missing, Err(Error::Args(m)) if m.contains("--bundle")));
+    }
+
+    #[test]
+    fn sync_messages_are_one_json_line() -> Result<(), serde_json::Error> {
+        let m = SyncMessage::Failed {
+            message: "line 1\nline 2".into(),
+        };
+        let text = serde_json::to_string(&m)?;
+        assert!(!text.contains('\n'));
+        assert_eq!(serde_json::from_str::<SyncMessage>(&text)?, m);
+        assert_eq!(
+            serde_json::to_string(&SyncMessage::Created { container_pid: 7 })?,
+            r#"{"created":{"container_pid":7}}"#
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn read_exit_missing_ok_and_corrupt() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("exit");
+        assert_eq!(read_exit(&path)?, None);
+        std::fs::write(&path, r#"{"exit_code":137,"finished_at_ns":5,"signal":9}"#)?;
+        assert_eq!(
+            read_exit(&path)?,
+            Some(ExitRecord {
+                exit_code: 137,
+                finished_at_ns: 5,
+                signal: Some(9)
+            })
+        );
+        std::fs::write(&path, "{")?;
+        let err = read_exit(&path).err().ok_or("corrupt file accepted")?;
+        assert!(err.to_string().contains(&path.display().to_string()));
+        Ok(())
+    }
+
+    #[test]
+    fn alive_and_wait_for_missing_pids() -> Result<(), Box<dyn std::error::Error>> {
+        assert!(alive(std::process::id() as i32));
+        assert!(!alive(0));
+        assert!(!alive(-1));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // A pid above pid_max never exists.
+        rt.block_on(wait_exit(i32::MAX))?;
+        let fd = pidfd_open(std::process::id() as i32)?;
+        assert!(fd.as_raw_fd() >= 0);
+        Ok(())
+    }
+}
