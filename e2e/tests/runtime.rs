@@ -365,6 +365,55 @@ async fn security_context_user_and_read_only_rootfs() -> R {
     let (code, _, _) = exec(&mut c, &ro, &["touch", "/dev/shm/ok"]).await?;
     assert_eq!(code, 0);
 
+    // Host directories mounted read-write and read-only.
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("given"), "from-host")?;
+    let mut mounter = shell("mounter", "sleep 1000");
+    mounter.mounts = vec![
+        v1::Mount {
+            container_path: "/rw".into(),
+            host_path: host.path().to_string_lossy().into_owned(),
+            ..Default::default()
+        },
+        v1::Mount {
+            container_path: "/ro".into(),
+            host_path: host.path().to_string_lossy().into_owned(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let mounter = start(&mut c, &pod, &pc, mounter).await?;
+    let (_, given, _) = exec(&mut c, &mounter, &["cat", "/ro/given"]).await?;
+    assert_eq!(given, "from-host");
+    let (code, _, _) = exec(&mut c, &mounter, &["sh", "-c", "echo back > /rw/written"]).await?;
+    assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("written"))?,
+        "back\n"
+    );
+    let (code, _, _) = exec(&mut c, &mounter, &["touch", "/ro/nope"]).await?;
+    assert_ne!(code, 0, "read-only mount refuses writes");
+    // A missing host path is a clear error naming it.
+    let mut missing = shell("missing", "sleep 1000");
+    missing.mounts = vec![v1::Mount {
+        container_path: "/x".into(),
+        host_path: "/nonexistent/nodelet-test".into(),
+        ..Default::default()
+    }];
+    let err = c
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(missing),
+            sandbox_config: Some(pc.clone()),
+        })
+        .await
+        .expect_err("missing host path");
+    assert!(
+        err.message().contains("/nonexistent/nodelet-test"),
+        "{}",
+        err.message()
+    );
+
     // RuntimeDefault seccomp is applied and the container still runs.
     let mut confined = shell("confined", "sleep 1000");
     confined.linux = Some(v1::LinuxContainerConfig {

@@ -27,6 +27,21 @@ impl Runtime {
 
     pub(super) fn container_status_of(&self, c: &Container) -> v1::ContainerStatus {
         let meta = c.metadata();
+        // kubelet shows `image` in the pod status: a name, as containerd reports it
+        // (the first repo tag) when the container was created from the image id.
+        let mut image = c.config.image.clone().unwrap_or_default();
+        let hex = c.image_id.trim_start_matches("sha256:");
+        let by_id = image.image == c.image_id
+            || (!image.image.is_empty()
+                && hex.starts_with(image.image.trim_start_matches("sha256:")));
+        if by_id
+            && let Some(tag) = self
+                .images
+                .resolve(&c.image_id)
+                .and_then(|i| i.repo_tags.first().cloned())
+        {
+            image.image = tag;
+        }
         v1::ContainerStatus {
             id: c.id.clone(),
             metadata: Some(meta),
@@ -35,7 +50,7 @@ impl Runtime {
             started_at: c.started_at_ns.unwrap_or_default(),
             finished_at: c.finished_at_ns.unwrap_or_default(),
             exit_code: c.exit_code,
-            image: c.config.image.clone(),
+            image: Some(image),
             image_ref: c.image_ref.clone(),
             reason: c.reason.clone(),
             message: c.message.clone(),
