@@ -3,8 +3,9 @@
 //!
 //! `cargo build --release --bins && cargo bench -p e2e --bench pull`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use e2e::bench::stats;
 use e2e::cri::CriServer;
 use e2e::image::{Compression, ImageBuilder, Layer};
 use e2e::{Registry, RegistryOptions, busybox_layer};
@@ -25,18 +26,6 @@ fn noise(seed: u32, len: usize) -> Vec<u8> {
             b'a' + (x % 16) as u8
         })
         .collect()
-}
-
-fn stats(label: &str, mut v: Vec<Duration>) {
-    v.sort();
-    let mean = v.iter().sum::<Duration>() / v.len() as u32;
-    println!(
-        "{label:<34} mean {:>8.1} ms   min {:>8.1} ms   max {:>8.1} ms   (n={})",
-        mean.as_secs_f64() * 1e3,
-        v[0].as_secs_f64() * 1e3,
-        v[v.len() - 1].as_secs_f64() * 1e3,
-        v.len()
-    );
 }
 
 #[tokio::main]
@@ -100,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     }
-    stats("cold pull (nothing present)", cold);
-    stats("warm pull (image present)", warm);
+    stats("cold pull (nothing present)", &mut cold);
+    stats("warm pull (image present)", &mut warm);
     Ok(())
 }

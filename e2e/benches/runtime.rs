@@ -5,24 +5,13 @@
 //!
 //! `cargo build --release --bins && cargo bench -p e2e --bench runtime`
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use e2e::bench::stats;
 use e2e::pods::{PodNode, pod_config, run_pod, shell, start};
 use proto::v1;
 
 const PODS: usize = 10;
-
-fn stats(label: &str, mut v: Vec<Duration>) {
-    v.sort();
-    let mean = v.iter().sum::<Duration>() / v.len() as u32;
-    println!(
-        "{label:<34} mean {:>8.1} ms   min {:>8.1} ms   max {:>8.1} ms   (n={})",
-        mean.as_secs_f64() * 1e3,
-        v[0].as_secs_f64() * 1e3,
-        v[v.len() - 1].as_secs_f64() * 1e3,
-        v.len()
-    );
-}
 
 /// Resident set size of a process, from /proc.
 fn rss_kib(pid: u32) -> u64 {
@@ -79,8 +68,8 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         down.push(t.elapsed());
     }
-    stats("runp + create + start (1 container)", up);
-    stats("stopp + rmp", down);
+    stats("runp + create + start (1 container)", &mut up);
+    stats("stopp + rmp", &mut down);
     println!("cri server RSS: {idle} KiB idle, {busy} KiB with {PODS} pods running");
     println!("cri-monitor RSS: {monitor} KiB (one container)");
     Ok(())

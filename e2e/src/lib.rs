@@ -8,6 +8,7 @@
 //!
 //! Errors are `anyhow`: the only callers are tests, which report them and never match.
 
+pub mod bench;
 pub mod cri;
 pub mod http;
 pub mod image;

@@ -161,6 +161,7 @@ impl Drop for PodNode {
         let _ = self.cri.kill();
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
             .status();
     }
 }

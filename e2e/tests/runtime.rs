@@ -16,6 +16,14 @@ type R<T = ()> = anyhow::Result<T>;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Linux config with only a security context.
+fn secure(sc: v1::LinuxContainerSecurityContext) -> v1::LinuxContainerConfig {
+    v1::LinuxContainerConfig {
+        resources: None,
+        security_context: Some(sc),
+    }
+}
+
 #[tokio::test]
 async fn two_containers_share_the_pod_network_and_log_both_streams() -> R {
     let node = PodNode::start("")?;
@@ -347,14 +355,11 @@ async fn security_context_user_and_read_only_rootfs() -> R {
 
     // runAsUser overrides the image.
     let mut as_nobody = shell("nobody", "sleep 1000");
-    as_nobody.linux = Some(v1::LinuxContainerConfig {
-        resources: None,
-        security_context: Some(v1::LinuxContainerSecurityContext {
-            run_as_user: Some(v1::Int64Value { value: 65534 }),
-            readonly_rootfs: true,
-            ..Default::default()
-        }),
-    });
+    as_nobody.linux = Some(secure(v1::LinuxContainerSecurityContext {
+        run_as_user: Some(v1::Int64Value { value: 65534 }),
+        readonly_rootfs: true,
+        ..Default::default()
+    }));
     let ro = start(&mut c, &pod, &pc, as_nobody).await?;
     let (_, id, _) = exec(&mut c, &ro, &["id", "-u"]).await?;
     assert_eq!(id.trim(), "65534");
@@ -416,16 +421,13 @@ async fn security_context_user_and_read_only_rootfs() -> R {
 
     // RuntimeDefault seccomp is applied and the container still runs.
     let mut confined = shell("confined", "sleep 1000");
-    confined.linux = Some(v1::LinuxContainerConfig {
-        resources: None,
-        security_context: Some(v1::LinuxContainerSecurityContext {
-            seccomp: Some(v1::SecurityProfile {
-                profile_type: v1::security_profile::ProfileType::RuntimeDefault as i32,
-                localhost_ref: String::new(),
-            }),
-            ..Default::default()
+    confined.linux = Some(secure(v1::LinuxContainerSecurityContext {
+        seccomp: Some(v1::SecurityProfile {
+            profile_type: v1::security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
         }),
-    });
+        ..Default::default()
+    }));
     let confined = start(&mut c, &pod, &pc, confined).await?;
     let (_, mode, _) = exec(
         &mut c,
@@ -779,16 +781,13 @@ async fn pod_options_namespaces_sysctls_dns_and_a_pause_image() -> R {
     });
     let pod = run_pod(&mut c, &pc).await?;
     let mut shared = shell("shared", "sleep 1000");
-    shared.linux = Some(v1::LinuxContainerConfig {
-        resources: None,
-        security_context: Some(v1::LinuxContainerSecurityContext {
-            namespace_options: Some(v1::NamespaceOption {
-                pid: v1::NamespaceMode::Pod as i32,
-                ..Default::default()
-            }),
+    shared.linux = Some(secure(v1::LinuxContainerSecurityContext {
+        namespace_options: Some(v1::NamespaceOption {
+            pid: v1::NamespaceMode::Pod as i32,
             ..Default::default()
         }),
-    });
+        ..Default::default()
+    }));
     let shared = start(&mut c, &pod, &pc, shared).await?;
     let (_, init, _) = exec(&mut c, &shared, &["cat", "/proc/1/cmdline"]).await?;
     assert!(
@@ -811,16 +810,13 @@ async fn pod_options_namespaces_sysctls_dns_and_a_pause_image() -> R {
 
     // A container with its own PID namespace (kubelet's default) is its own PID 1.
     let mut own = shell("own", "sleep 1000");
-    own.linux = Some(v1::LinuxContainerConfig {
-        resources: None,
-        security_context: Some(v1::LinuxContainerSecurityContext {
-            namespace_options: Some(v1::NamespaceOption {
-                pid: v1::NamespaceMode::Container as i32,
-                ..Default::default()
-            }),
+    own.linux = Some(secure(v1::LinuxContainerSecurityContext {
+        namespace_options: Some(v1::NamespaceOption {
+            pid: v1::NamespaceMode::Container as i32,
             ..Default::default()
         }),
-    });
+        ..Default::default()
+    }));
     let own = start(&mut c, &pod, &pc, own).await?;
     let (_, init, _) = exec(&mut c, &own, &["cat", "/proc/1/cmdline"]).await?;
     // (busybox sh execs its last command, so PID 1 is the container's own sleep.)

@@ -124,26 +124,8 @@ impl Runtime {
         }
         if let Some(ns) = &sb.netns {
             netns::create(ns)?;
-            let meta = sb.metadata();
-            let ports = port_mappings(&sb.config);
-            let dns = sb.config.dns_config.as_ref().map(|d| cni::Dns {
-                servers: d.servers.clone(),
-                searches: d.searches.clone(),
-                options: d.options.clone(),
-            });
-            let net = self
-                .cni
-                .setup(&cni::Attachment {
-                    container_id: &sb.id,
-                    netns: ns,
-                    ifname: "eth0",
-                    pod_name: &meta.name,
-                    pod_namespace: &meta.namespace,
-                    pod_uid: &meta.uid,
-                    port_mappings: &ports,
-                    dns,
-                })
-                .await?;
+            let args = CniArgs::of(sb);
+            let net = self.cni.setup(&args.attachment(&sb.id, ns)).await?;
             let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
             self.sandboxes.update(&sb.id, |s| s.ips = ips)?;
         }
@@ -278,6 +260,40 @@ impl Runtime {
             .iter()
             .map(|l| self.images.layer_path(&l.chain_id).map_err(Error::from))
             .collect()
+    }
+}
+
+/// What CNI is told about a pod, the same for ADD and DEL.
+pub(super) struct CniArgs {
+    meta: v1::PodSandboxMetadata,
+    ports: Vec<cni::PortMapping>,
+    dns: Option<cni::Dns>,
+}
+
+impl CniArgs {
+    pub(super) fn of(sb: &Sandbox) -> Self {
+        Self {
+            meta: sb.metadata(),
+            ports: port_mappings(&sb.config),
+            dns: sb.config.dns_config.as_ref().map(|d| cni::Dns {
+                servers: d.servers.clone(),
+                searches: d.searches.clone(),
+                options: d.options.clone(),
+            }),
+        }
+    }
+
+    pub(super) fn attachment<'a>(&'a self, id: &'a str, netns: &'a Path) -> cni::Attachment<'a> {
+        cni::Attachment {
+            container_id: id,
+            netns,
+            ifname: "eth0",
+            pod_name: &self.meta.name,
+            pod_namespace: &self.meta.namespace,
+            pod_uid: &self.meta.uid,
+            port_mappings: &self.ports,
+            dns: self.dns.clone(),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::rootfs::{self, Rootfs};
-use super::{Result, Runtime, cni, monitor, netns, now_ns};
+use super::sandbox_run::CniArgs;
+use super::{Result, Runtime, monitor, netns, now_ns};
 
 /// How long the infra process gets to leave after SIGKILL before we stop waiting.
 const INFRA_EXIT_WAIT: Duration = Duration::from_secs(10);
@@ -43,19 +44,8 @@ impl Runtime {
         }
         handler.delete(&sb.id).await?;
         if let Some(ns) = &sb.netns {
-            let meta = sb.metadata();
-            self.cni
-                .teardown(&cni::Attachment {
-                    container_id: &sb.id,
-                    netns: ns,
-                    ifname: "eth0",
-                    pod_name: &meta.name,
-                    pod_namespace: &meta.namespace,
-                    pod_uid: &meta.uid,
-                    port_mappings: &[],
-                    dns: None,
-                })
-                .await?;
+            let args = CniArgs::of(&sb);
+            self.cni.teardown(&args.attachment(&sb.id, ns)).await?;
             netns::remove(ns)?;
         }
         if let Some(shm) = &sb.files.shm {

@@ -2,7 +2,6 @@
 //! so the agent's demo needs no network: `demo-image --out FILE --name REF`.
 
 use anyhow::{Context as _, bail};
-use e2e::image::{ImageBuilder, REF_NAME_ANNOTATION, busybox_layer, write_oci_archive};
 
 fn main() -> anyhow::Result<()> {
     let mut out = None;
@@ -16,20 +15,9 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let out = out.context("--out FILE is required")?;
-    let dir = tempfile::tempdir()?;
-    let layout = ImageBuilder::new()
-        .layer(busybox_layer()?)
-        .cmd(["sh"])
-        .write_layout(&dir.path().join("layout"))?;
-    // Name the image in index.json so an import tags it.
-    let index_path = layout.dir().join("index.json");
-    let mut index: serde_json::Value = serde_json::from_slice(&std::fs::read(&index_path)?)?;
-    index["manifests"][0]["annotations"][REF_NAME_ANNOTATION] =
-        serde_json::Value::String(name.clone());
-    std::fs::write(&index_path, serde_json::to_vec(&index)?)?;
     let tmp = format!("{out}.tmp");
-    write_oci_archive(layout.dir(), std::path::Path::new(&tmp))?;
+    e2e::pods::busybox_archive(std::path::Path::new(&tmp), &name, None, None)?;
     std::fs::rename(&tmp, &out)?;
-    println!("wrote {name} ({}) to {out}", layout.images[0].config.digest);
+    println!("wrote {name} to {out}");
     Ok(())
 }
