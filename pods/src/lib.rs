@@ -3,3 +3,6 @@
 //!
 //! Not built yet: the engine lands with its own issue. This crate exists so that the
 //! workspace has its final shape and the boundary between `kubelet` and `cri` is fixed.
+
+pub mod handlers;
+pub mod probe;
