@@ -10,6 +10,7 @@ pub mod image_service;
 pub mod runtime;
 pub mod runtime_service;
 pub mod server;
+pub mod streaming;
 
 pub use config::Config;
 pub use error::{Error, Result};

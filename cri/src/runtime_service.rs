@@ -1,7 +1,9 @@
 //! CRI `RuntimeService`: translation between the wire and `runtime::Runtime`. Errors
 //! become gRPC codes in `crate::error`. RPCs this build does not implement answer
-//! `Unimplemented` (never a fake success): the streaming ones (`Exec`, `Attach`,
-//! `PortForward`), checkpointing, pod-level metrics and pod resource updates.
+//! `Unimplemented` (never a fake success): checkpointing, pod-level metrics and pod
+//! resource updates. The streaming ones (`Exec`, `Attach`, `PortForward`) return a URL
+//! of `crate::streaming`; `Attach` answers `Unimplemented` until containers' stdio can
+//! be attached to.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -12,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::runtime::Runtime;
+use crate::streaming::{self, StreamingServer};
 
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
@@ -21,11 +24,12 @@ const STREAM_CHUNK: usize = 500;
 #[derive(Debug)]
 pub struct RuntimeService {
     runtime: Arc<Runtime>,
+    streaming: Arc<StreamingServer>,
 }
 
 impl RuntimeService {
-    pub fn new(runtime: Arc<Runtime>) -> Self {
-        Self { runtime }
+    pub fn new(runtime: Arc<Runtime>, streaming: Arc<StreamingServer>) -> Self {
+        Self { runtime, streaming }
     }
 }
 
@@ -35,6 +39,16 @@ fn not_built(rpc: &str) -> Status {
 
 fn status(e: impl Into<Error>) -> Status {
     e.into().into()
+}
+
+fn streaming_status(e: streaming::Error) -> Status {
+    match e {
+        streaming::Error::InvalidArgument(msg) => status(Error::InvalidArgument(msg)),
+        streaming::Error::Backend(e) => status(e),
+        streaming::Error::Unsupported(msg) => Status::unimplemented(msg),
+        e @ streaming::Error::TooManyPending(_) => Status::resource_exhausted(e.to_string()),
+        e @ streaming::Error::Bind { .. } => Status::internal(e.to_string()),
+    }
 }
 
 /// Splits a listing into messages of at most `STREAM_CHUNK` items; none for no items.
@@ -262,23 +276,35 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
 
     async fn exec(
         &self,
-        _req: Request<v1::ExecRequest>,
+        req: Request<v1::ExecRequest>,
     ) -> Result<Response<v1::ExecResponse>, Status> {
-        Err(not_built("Exec (streaming)"))
+        let url = self
+            .streaming
+            .exec_url(req.into_inner())
+            .map_err(streaming_status)?;
+        Ok(Response::new(v1::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _req: Request<v1::AttachRequest>,
+        req: Request<v1::AttachRequest>,
     ) -> Result<Response<v1::AttachResponse>, Status> {
-        Err(not_built("Attach (streaming)"))
+        let url = self
+            .streaming
+            .attach_url(req.into_inner())
+            .map_err(streaming_status)?;
+        Ok(Response::new(v1::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _req: Request<v1::PortForwardRequest>,
+        req: Request<v1::PortForwardRequest>,
     ) -> Result<Response<v1::PortForwardResponse>, Status> {
-        Err(not_built("PortForward (streaming)"))
+        let url = self
+            .streaming
+            .port_forward_url(req.into_inner())
+            .map_err(streaming_status)?;
+        Ok(Response::new(v1::PortForwardResponse { url }))
     }
 
     async fn container_stats(

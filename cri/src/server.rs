@@ -16,6 +16,7 @@ use crate::image::{Images, ImagesConfig, install::Platform};
 use crate::image_service::ImageService;
 use crate::runtime::Runtime;
 use crate::runtime_service::RuntimeService;
+use crate::streaming::StreamingServer;
 
 /// gRPC messages up to 16 MiB, as kubelet allows.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -59,10 +60,23 @@ impl Cri {
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let socket = self.config.socket.clone();
         let listener = bind(&socket)?;
+        let streaming_addr: std::net::SocketAddr = crate::streaming::DEFAULT_ADDR
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("streaming address: {e}")))?;
+        let streaming = StreamingServer::start(streaming_addr, self.runtime.clone())
+            .await
+            .map_err(|e| Error::Io {
+                what: "starting the streaming server",
+                path: PathBuf::from(streaming_addr.to_string()),
+                source: std::io::Error::other(e),
+            })?;
         tracing::info!(socket = %socket.display(), "serving CRI");
-        let runtime = RuntimeServiceServer::new(RuntimeService::new(self.runtime.clone()))
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let runtime = RuntimeServiceServer::new(RuntimeService::new(
+            self.runtime.clone(),
+            Arc::new(streaming),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
         let images =
             ImageServiceServer::new(ImageService::new(self.images.clone(), self.runtime.clone()))
                 .max_decoding_message_size(MAX_MESSAGE)

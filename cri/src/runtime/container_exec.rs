@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{Error, Result, Runtime, io_err, monitor};
+use super::{Container, Error, Result, Runtime, io_err, monitor};
 
 /// kubelet reads at most this much exec output; more is cut, as containerd does.
 const MAX_OUTPUT: usize = 16 << 20;
@@ -23,31 +23,8 @@ impl Runtime {
         if cmd.is_empty() {
             return Err(Error::InvalidArgument("exec needs a command".into()));
         }
-        let c = self.containers.get(id)?;
-        if !c.running() {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
-        let dir = self.containers.dir_of(&c.id);
-        let spec_path = dir.join("config.json");
-        let spec: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&spec_path).map_err(io_err("reading spec", &spec_path))?,
-        )
-        .map_err(|e| {
-            Error::FailedPrecondition(format!("bundle spec {}: {e}", spec_path.display()))
-        })?;
-        let mut process = spec.get("process").cloned().unwrap_or_default();
-        process["args"] = serde_json::json!(cmd);
-        process["terminal"] = serde_json::json!(false);
-        let file = tempfile::Builder::new()
-            .prefix("exec-")
-            .suffix(".json")
-            .tempfile_in(&dir)
-            .map_err(io_err("creating exec process file", &dir))?;
-        std::fs::write(file.path(), process.to_string())
-            .map_err(io_err("writing exec process", file.path()))?;
+        let c = self.running_container(id)?;
+        let file = self.exec_process_file(&c, cmd, false)?;
         let handler = self.handler(&c.handler)?.clone();
         let limit = (timeout > 0).then(|| Duration::from_secs(timeout as u64));
         let mut out = handler.exec(&c.id, file.path(), limit).await?;
@@ -64,6 +41,48 @@ impl Runtime {
             stderr: out.stderr,
             exit_code: out.exit_code,
         })
+    }
+
+    /// The container `id`, which must be running to exec in it.
+    pub(super) fn running_container(&self, id: &str) -> Result<Container> {
+        let c = self.containers.get(id)?;
+        if !c.running() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Writes the `--process` file of an exec: the bundle's `process` with `cmd` as its
+    /// arguments (so the container's environment, user and working directory apply),
+    /// in the container's directory. It is removed when the returned file drops.
+    pub(super) fn exec_process_file(
+        &self,
+        c: &Container,
+        cmd: &[String],
+        terminal: bool,
+    ) -> Result<tempfile::NamedTempFile> {
+        let dir = self.containers.dir_of(&c.id);
+        let spec_path = dir.join("config.json");
+        let spec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&spec_path).map_err(io_err("reading spec", &spec_path))?,
+        )
+        .map_err(|e| {
+            Error::FailedPrecondition(format!("bundle spec {}: {e}", spec_path.display()))
+        })?;
+        let mut process = spec.get("process").cloned().unwrap_or_default();
+        process["args"] = serde_json::json!(cmd);
+        process["terminal"] = serde_json::json!(terminal);
+        let file = tempfile::Builder::new()
+            .prefix("exec-")
+            .suffix(".json")
+            .tempfile_in(&dir)
+            .map_err(io_err("creating exec process file", &dir))?;
+        std::fs::write(file.path(), process.to_string())
+            .map_err(io_err("writing exec process", file.path()))?;
+        Ok(file)
     }
 
     /// Asks the monitor to reopen the log file (kubelet rotated it).
