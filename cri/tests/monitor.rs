@@ -1,18 +1,26 @@
 //! `cri-monitor` with the real runc, as root: logs, exit codes, log reopening, create
-//! failures, detaching. Each test builds a busybox rootfs and its own OCI bundles.
+//! failures, detaching, attaching. Each test builds a busybox rootfs and its own OCI
+//! bundles.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use bytes::Bytes;
 use cri::runtime::logfmt::{self, Stream};
-use cri::runtime::monitor::{self, Error, ExitRecord, MonitorSpec, Started};
+use cri::runtime::monitor::{self, AttachReader, Error, ExitRecord, MonitorSpec, Started};
 
 type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 const RUNC: &str = "/usr/sbin/runc";
 const BUSYBOX: &str = "/bin/busybox";
 const MONITOR: &str = env!("CARGO_BIN_EXE_cri-monitor");
+
+/// The monitor under test: this build's, or `$CRI_MONITOR` (to measure the shipped,
+/// release and statically linked, binary).
+fn monitor_bin() -> PathBuf {
+    std::env::var_os("CRI_MONITOR").map_or_else(|| PathBuf::from(MONITOR), PathBuf::from)
+}
 /// Upper bound for things that take milliseconds; only hit when something is broken.
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -38,7 +46,9 @@ impl Lab {
             std::fs::create_dir_all(rootfs.join(d))?;
         }
         std::fs::copy(BUSYBOX, rootfs.join("bin/busybox"))?;
-        for applet in ["sh", "echo", "sleep", "cat", "timeout", "test", "["] {
+        for applet in [
+            "sh", "echo", "sleep", "cat", "timeout", "test", "[", "stty", "yes", "head",
+        ] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
         }
         Ok(Self { dir })
@@ -55,7 +65,11 @@ impl Lab {
     /// Writes a bundle for `args` and returns the container with its monitor spec.
     fn container(&self, name: &str, args: &[&str], opts: Opts) -> TestResult<Container> {
         let id = format!("mon-{}-{name}", std::process::id());
-        let bundle = self.dir.path().join(name);
+        let mut bundle = self.dir.path().join(name);
+        if opts.long_bundle {
+            // Too long for a unix socket address once `/attach.sock` is added.
+            bundle = bundle.join("b".repeat(110));
+        }
         std::fs::create_dir_all(&bundle)?;
         let root = opts.rootfs.unwrap_or_else(|| self.rootfs());
         let mut mounts = vec![
@@ -105,7 +119,7 @@ impl Lab {
             exit_file: bundle.join("exit"),
             log_path: Some(bundle.join("container.log")),
             stdin: opts.stdin,
-            stdin_once: false,
+            stdin_once: opts.stdin_once,
             tty: opts.tty,
         };
         Ok(Container {
@@ -120,6 +134,8 @@ impl Lab {
 struct Opts {
     tty: bool,
     stdin: bool,
+    stdin_once: bool,
+    long_bundle: bool,
     rootfs: Option<PathBuf>,
     shared_dir: Option<PathBuf>,
 }
@@ -226,7 +242,7 @@ async fn logs_both_streams_and_records_exit_code() -> TestResult {
         ],
         Opts::default(),
     )?;
-    let started = monitor::spawn(Path::new(MONITOR), &c.spec).await?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
     assert!(started.container_pid > 0);
 
     // Detached: not our child, still there after the spawning call returned.
@@ -271,7 +287,7 @@ async fn killed_container_records_137() -> TestResult {
     }
     let lab = Lab::new()?;
     let c = lab.container("killed", &["sleep", "1000"], Opts::default())?;
-    let started = monitor::spawn(Path::new(MONITOR), &c.spec).await?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
     c.start()?;
     let out = c.runc(&["kill", &c.id, "KILL"])?;
     assert!(
@@ -303,7 +319,7 @@ async fn create_failure_is_reported_and_leaves_nothing() -> TestResult {
             ..Opts::default()
         },
     )?;
-    match monitor::spawn(Path::new(MONITOR), &c.spec).await {
+    match monitor::spawn(&monitor_bin(), &c.spec).await {
         Err(Error::Create { id, message }) => {
             assert_eq!(id, c.id);
             assert!(message.contains("rootfs"), "unhelpful message: {message}");
@@ -336,7 +352,7 @@ async fn reopen_moves_new_output_to_a_fresh_file() -> TestResult {
             ..Opts::default()
         },
     )?;
-    let started = monitor::spawn(Path::new(MONITOR), &c.spec).await?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
     c.start()?;
     let log = c.log();
     eventually("the first line", || {
@@ -377,7 +393,7 @@ async fn tty_output_is_logged_as_stdout() -> TestResult {
             ..Opts::default()
         },
     )?;
-    let started = monitor::spawn(Path::new(MONITOR), &c.spec).await?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
     c.start()?;
     let exit = c.finished(&started).await?;
     assert_eq!(exit.exit_code, 5);
@@ -410,8 +426,8 @@ async fn stdin_stays_open_without_a_client() -> TestResult {
         },
     )?;
     let without = lab.container("nostdin", &["sh", "-c", script], Opts::default())?;
-    let a = monitor::spawn(Path::new(MONITOR), &with.spec).await?;
-    let b = monitor::spawn(Path::new(MONITOR), &without.spec).await?;
+    let a = monitor::spawn(&monitor_bin(), &with.spec).await?;
+    let b = monitor::spawn(&monitor_bin(), &without.spec).await?;
     with.start()?;
     without.start()?;
     with.finished(&a).await?;
@@ -448,10 +464,267 @@ async fn failing_log_writes_do_not_block_the_container() -> TestResult {
         Opts::default(),
     )?;
     c.spec.log_path = Some(PathBuf::from("/dev/full"));
-    let started = monitor::spawn(Path::new(MONITOR), &c.spec).await?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
     c.start()?;
     let exit = c.finished(&started).await?;
     assert_eq!(exit.exit_code, 7);
+    Ok(())
+}
+
+/// Output an attached client collected, per stream.
+#[derive(Default)]
+struct Seen {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl Seen {
+    fn add(&mut self, (stream, data): (Stream, Bytes)) {
+        match stream {
+            Stream::Stdout => self.stdout.extend_from_slice(&data),
+            Stream::Stderr => self.stderr.extend_from_slice(&data),
+        }
+    }
+
+    fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Reads frames until `cond` holds; fails at EOF.
+    async fn until(
+        &mut self,
+        r: &mut AttachReader,
+        what: &str,
+        cond: impl Fn(&Seen) -> bool,
+    ) -> TestResult {
+        tokio::time::timeout(PATIENCE, async {
+            while !cond(self) {
+                match r.next().await? {
+                    Some(frame) => self.add(frame),
+                    None => return Err(format!("EOF before {what}").into()),
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
+        .await
+        .map_err(|_| {
+            format!(
+                "timed out waiting for {what}; stdout so far: {} bytes, from {:?}",
+                self.stdout.len(),
+                String::from_utf8_lossy(&self.stdout[..self.stdout.len().min(80)])
+            )
+        })?
+    }
+
+    /// Reads frames until EOF.
+    async fn read_to_eof(&mut self, r: &mut AttachReader) -> TestResult {
+        tokio::time::timeout(PATIENCE, async {
+            while let Some(frame) = r.next().await? {
+                self.add(frame);
+            }
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
+        .await
+        .map_err(|_| "timed out waiting for EOF")?
+    }
+}
+
+fn print_rss(what: &str, pid: i32) -> TestResult {
+    println!(
+        "monitor {pid} RSS {what}: VmRSS {}, RssAnon {}, Pss {}",
+        status_field(pid, "VmRSS")?,
+        status_field(pid, "RssAnon")?,
+        pss_kb(pid)?,
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn attach_echoes_stdin_and_stdin_once_closes_it() -> TestResult {
+    if !can_run() {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let c = lab.container(
+        "cat",
+        &["cat"],
+        Opts {
+            stdin: true,
+            stdin_once: true,
+            long_bundle: true,
+            ..Opts::default()
+        },
+    )?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
+    let sock = monitor::attach_socket_path(&c.spec.bundle);
+    assert!(sock.as_os_str().len() > 108, "{}", sock.display());
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    let meta = std::fs::metadata(&sock)?;
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // Attached before start: nothing the container writes is missed.
+    let (mut r, mut w) = monitor::attach(&c.spec.bundle).await?.split();
+    c.start()?;
+    w.stdin(b"hello\n").await?;
+    let mut seen = Seen::default();
+    seen.until(&mut r, "the echo", |s| s.stdout.len() >= 6)
+        .await?;
+    assert_eq!(seen.stdout_text(), "hello\n");
+    // The container is still running: its stdin is open.
+    assert!(monitor::alive(started.container_pid));
+
+    w.close_stdin().await?;
+    seen.read_to_eof(&mut r).await?;
+    assert_eq!(seen.stdout_text(), "hello\n");
+    assert!(seen.stderr.is_empty());
+    let exit = c.finished(&started).await?;
+    assert_eq!(exit.exit_code, 0);
+    assert_eq!(
+        records(&c.log())?,
+        vec![(Stream::Stdout, true, "hello".to_string())]
+    );
+    // Gone with the monitor.
+    assert!(!sock.exists());
+    assert!(matches!(
+        monitor::attach(&c.spec.bundle).await,
+        Err(Error::Attach { .. })
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_attached_client_sees_both_streams() -> TestResult {
+    if !can_run() {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let c = lab.container(
+        "two",
+        &["sh", "-c", "read x; echo got-$x; echo err-$x >&2; exit 4"],
+        Opts {
+            stdin: true,
+            ..Opts::default()
+        },
+    )?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
+    let (mut r1, mut w1) = monitor::attach(&c.spec.bundle).await?.split();
+    let (mut r2, w2) = monitor::attach(&c.spec.bundle).await?.split();
+    // The second client has no stdin; without stdin_once its leaving changes nothing.
+    drop(w2);
+    c.start()?;
+    print_rss("with two clients", started.monitor_pid)?;
+    w1.stdin(b"1\n").await?;
+    let (mut a, mut b) = (Seen::default(), Seen::default());
+    a.read_to_eof(&mut r1).await?;
+    b.read_to_eof(&mut r2).await?;
+    for seen in [&a, &b] {
+        assert_eq!(seen.stdout_text(), "got-1\n");
+        assert_eq!(String::from_utf8_lossy(&seen.stderr), "err-1\n");
+    }
+    assert_eq!(c.finished(&started).await?.exit_code, 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn attach_resizes_the_terminal() -> TestResult {
+    if !can_run() {
+        return Ok(());
+    }
+    let lab = Lab::new()?;
+    let c = lab.container(
+        "ttyattach",
+        &["sh"],
+        Opts {
+            tty: true,
+            stdin: true,
+            ..Opts::default()
+        },
+    )?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
+    let (mut r, mut w) = monitor::attach(&c.spec.bundle).await?.split();
+    c.start()?;
+    let mut seen = Seen::default();
+    for (width, height) in [(100u16, 40u16), (132, 25)] {
+        w.resize(width, height).await?;
+        w.stdin(b"stty size\n").await?;
+        let want = format!("{height} {width}\r\n");
+        seen.until(&mut r, &want, |s| s.stdout_text().contains(&want))
+            .await?;
+    }
+    w.stdin(b"exit 7\n").await?;
+    seen.read_to_eof(&mut r).await?;
+    // A terminal has one output stream.
+    assert!(seen.stderr.is_empty());
+    assert_eq!(c.finished(&started).await?.exit_code, 7);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped_and_the_log_goes_on() -> TestResult {
+    if !can_run() {
+        return Ok(());
+    }
+    const LINES: usize = 60_000;
+    const LINE: &str = "0123456789012345678901234567890123456789012345678901234567890123456789";
+    let lab = Lab::new()?;
+    let shared = lab.dir.path().join("shared");
+    std::fs::create_dir(&shared)?;
+    // About 4 MiB at once, far more than a client buffer and a socket hold together,
+    // then a pause with the container still running.
+    let script = format!(
+        "yes {LINE} | head -n {LINES}; while [ ! -e /x/go ]; do sleep 0.05; done; echo done"
+    );
+    let c = lab.container(
+        "stuck",
+        &["sh", "-c", &script],
+        Opts {
+            shared_dir: Some(shared.clone()),
+            ..Opts::default()
+        },
+    )?;
+    let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
+    let stuck = monitor::attach(&c.spec.bundle).await?;
+    c.start()?;
+    // The log takes everything while the client reads nothing.
+    let log = c.log();
+    eventually("all lines in the log", || {
+        Ok(records(&log)?.iter().filter(|r| r.2 == LINE).count() == LINES)
+    })
+    .await?;
+    print_rss("after 4 MiB past a stuck client", started.monitor_pid)?;
+
+    // The client was dropped: it reads what its socket held, then the connection
+    // ends (at a frame boundary or inside a frame), while the container still runs.
+    let (mut stuck, _stuck_w) = stuck.split();
+    let mut late = Seen::default();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stuck.next().await {
+                Ok(Some(frame)) => late.add(frame),
+                Ok(None) => return "EOF".to_string(),
+                Err(e) => return e.to_string(),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "the stuck client was not dropped")?;
+    assert!(monitor::alive(started.container_pid));
+    let total = (LINE.len() + 1) * LINES;
+    assert!(late.stdout.len() < total, "{}", late.stdout.len());
+    println!(
+        "stuck client read {} of {total} bytes, then: {ended}",
+        late.stdout.len()
+    );
+
+    // A client attached now is served as usual.
+    // Connected before the container writes again, so it gets all of that.
+    let (mut fresh, _fresh_w) = monitor::attach(&c.spec.bundle).await?.split();
+    std::fs::write(shared.join("go"), b"")?;
+    let mut seen = Seen::default();
+    seen.read_to_eof(&mut fresh).await?;
+    assert_eq!(seen.stdout_text(), "done\n");
+    assert_eq!(c.finished(&started).await?.exit_code, 0);
     Ok(())
 }
 

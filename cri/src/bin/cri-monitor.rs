@@ -12,6 +12,7 @@
 //!    is therefore never the CRI server's child and outlives it.
 //! 2. Reports `{"started":{"monitor_pid":N}}` on the sync fd (default stdout), becomes
 //!    a child subreaper and blocks SIGCHLD/SIGUSR1/SIGTERM/SIGINT/SIGHUP into a signalfd.
+//!    Listens on the attach socket, `<bundle>/attach.sock` (mode 0600).
 //! 3. Runs `<runtime> --root R --log <bundle>/runtime.log --log-format json [ARG…]
 //!    create --bundle B --pid-file <bundle>/pid [--console-socket S] ID` with the
 //!    container's stdout/stderr on pipes it owns (with `--tty`: the pty master received
@@ -20,23 +21,30 @@
 //! 4. Reports `{"created":{"container_pid":N}}`, or `{"failed":{"message":…}}` after a
 //!    best-effort `<runtime> delete --force` and exits 1. Its own stdio then points to
 //!    /dev/null, its stderr to `<bundle>/monitor.log`.
-//! 5. Copies output to the CRI log (see `cri::runtime::logfmt`), reopens the log on
-//!    SIGUSR1, forwards SIGTERM/SIGINT/SIGHUP to the container's init, reaps every child.
-//! 6. When init exits: drains output until EOF or one more second, writes the exit file
-//!    atomically and exits 0. Deleting the container is left to the caller.
+//! 5. Copies output to the CRI log (see `cri::runtime::logfmt`) and to attached
+//!    clients, feeds their stdin and resizes to the container (the protocol is in
+//!    `cri::runtime::monitor`, "Attach socket"), reopens the log on SIGUSR1, forwards
+//!    SIGTERM/SIGINT/SIGHUP to the container's init, reaps every child.
+//! 6. When init exits: drains output until EOF or one more second, stops listening,
+//!    writes the exit file atomically, gives clients up to a second to take what is
+//!    queued for them, closes them and exits 0. Deleting the container is left to the
+//!    caller.
 //!
-//! Synchronous std + nix + libc only: no async runtime, no logging framework.
+//! Synchronous std + nix + libc only, one thread and one poll(2) loop: no async
+//! runtime, no logging framework.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
 use std::os::fd::{AsFd as _, AsRawFd as _, OwnedFd};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cri::runtime::logfmt::{LogWriter, Stream};
-use cri::runtime::monitor::{self, ExitRecord, MonitorArgs, SyncMessage};
+use cri::runtime::monitor::{
+    self, AttachInput, ExitRecord, InputDecoder, MonitorArgs, SocketAddress, SyncMessage,
+};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
@@ -48,6 +56,14 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(1);
 const READ_BUF: usize = 16 * 1024;
 /// Reads per pipe per wakeup, so one chatty stream cannot starve signal handling.
 const READS_PER_WAKEUP: usize = 16;
+/// Stdin bytes queued for the container; beyond this clients are not read.
+const STDIN_BUFFER: usize = 64 * 1024;
+/// Attached clients at most; more connections are closed at once.
+const MAX_CLIENTS: usize = 128;
+/// How long clients may take to read what is queued for them once the container exited.
+const CLIENT_FLUSH: Duration = Duration::from_secs(1);
+/// A buffer that grew beyond this is freed when it empties, to keep the RSS small.
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 fn main() {
     let argv: Vec<_> = std::env::args_os().skip(1).collect();
@@ -170,7 +186,24 @@ fn run(args: &MonitorArgs, sync: &mut SyncPipe) -> Result<(), Failure> {
         None => None,
     };
 
-    let created = create(args)?;
+    // Before `created`: the caller may attach as soon as it hears of the container.
+    let (listener, address) = listen(&spec.bundle).map_err(|e| {
+        create_err(
+            &format!(
+                "listen on {}",
+                monitor::attach_socket_path(&spec.bundle).display()
+            ),
+            e,
+        )
+    })?;
+
+    let created = match create(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(address.path());
+            return Err(e);
+        }
+    };
     sync.send(&SyncMessage::Created {
         container_pid: created.pid.as_raw(),
     });
@@ -178,18 +211,45 @@ fn run(args: &MonitorArgs, sync: &mut SyncPipe) -> Result<(), Failure> {
     sync.close();
 
     let mut sources = created.sources;
-    let exit = watch(&signals, created.pid, &mut sources, &mut log);
-    drop(created.stdin);
-    write_exit_file(&spec.exit_file, &exit)
-        .map_err(|e| Failure::Late(format!("write exit file {}: {e}", spec.exit_file.display())))
+    let mut attach = Attach {
+        listener: Some(listener),
+        address,
+        clients: Vec::new(),
+        stdin: Stdin::new(created.stdin, spec.tty),
+        console: created.console,
+        stdin_once: spec.stdin_once,
+    };
+    let exit = watch(&signals, created.pid, &mut sources, &mut log, &mut attach);
+    attach.stop();
+    let written = write_exit_file(&spec.exit_file, &exit)
+        .map_err(|e| Failure::Late(format!("write exit file {}: {e}", spec.exit_file.display())));
+    attach.close_clients(Instant::now() + CLIENT_FLUSH);
+    written
+}
+
+/// Binds the attach socket, mode 0600, replacing a stale one.
+fn listen(bundle: &Path) -> io::Result<(UnixListener, SocketAddress)> {
+    use nix::sys::stat::{Mode, umask};
+    let address = monitor::attach_address(bundle)?;
+    let _ = std::fs::remove_file(address.path());
+    // The socket file gets 0777 & !umask; single-threaded, so the umask is ours alone.
+    let old = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(address.path());
+    umask(old);
+    let listener = bound?;
+    listener.set_nonblocking(true)?;
+    Ok((listener, address))
 }
 
 /// A container the runtime created, with the monitor's ends of its stdio.
 struct Created {
     pid: Pid,
     sources: Vec<Source>,
-    /// The writing end of the container's stdin pipe, held so it stays open.
-    stdin: Option<OwnedFd>,
+    /// Where the container's stdin is written, with `--stdin`: the writing end of its
+    /// stdin pipe (held so it stays open), or the pty master.
+    stdin: Option<File>,
+    /// The pty master (a second descriptor of it), with `--tty`.
+    console: Option<File>,
 }
 
 /// One output stream of the container.
@@ -234,7 +294,7 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
         .arg(&spec.bundle)
         .arg("--pid-file")
         .arg(&pid_file);
-    let mut console = None;
+    let mut console_socket = None;
     if spec.tty {
         let path = console_socket_path(&spec.bundle);
         let _ = std::fs::remove_file(&path);
@@ -245,7 +305,7 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
             .map_err(|e| create_err("console socket", e))?;
         cmd.arg("--console-socket").arg(&path);
         cmd.stdin(devnull()?).stdout(devnull()?);
-        console = Some((listener, path));
+        console_socket = Some((listener, path));
     } else {
         let (out_r, out_w) = pipe()?;
         sources.push(Source {
@@ -257,7 +317,8 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
         if spec.stdin {
             let (in_r, in_w) = pipe()?;
             cmd.stdin(in_r);
-            stdin_keep = Some(in_w);
+            let _ = sys::set_nonblocking(in_w.as_fd());
+            stdin_keep = Some(File::from(in_w));
         } else {
             cmd.stdin(devnull()?);
         }
@@ -280,11 +341,11 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
     // Our copies of the child's ends are closed now (`cmd` owns and drops them).
     drop(cmd);
 
-    let (status, pty) = match &console {
+    let (status, pty) = match &console_socket {
         Some((listener, _)) => wait_with_console(&mut child, listener),
         None => (child.wait(), Ok(None)),
     };
-    if let Some((_, path)) = &console {
+    if let Some((_, path)) = &console_socket {
         let _ = std::fs::remove_file(path);
     }
     for s in &sources {
@@ -314,9 +375,15 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
             return Err(Failure::Create(message));
         }
     };
+    let mut console = None;
     if let Ok(Some(master)) = pty {
         let file = File::from(master);
+        // Non-blocking is a property of the open file: the copies below share it.
         let _ = sys::set_nonblocking(file.as_fd());
+        console = file.try_clone().ok();
+        if spec.stdin {
+            stdin_keep = file.try_clone().ok();
+        }
         sources.push(Source {
             file,
             stream: Stream::Stdout,
@@ -327,6 +394,7 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
         pid,
         sources,
         stdin: stdin_keep,
+        console,
     })
 }
 
@@ -470,18 +538,29 @@ fn detach_stdio(bundle: &Path) {
     }
 }
 
-/// Copies output and reaps children until the container's init exited and its
-/// output is drained; returns how it exited.
+/// What one entry of the poll set stands for.
+#[derive(Clone, Copy)]
+enum Slot {
+    Signals,
+    Source(usize),
+    Listener,
+    Client(usize),
+    Stdin,
+}
+
+/// Copies output, serves attached clients and reaps children until the container's
+/// init exited and its output is drained; returns how it exited.
 fn watch(
     signals: &SignalFd,
     init: Pid,
     sources: &mut [Source],
     log: &mut Option<LogWriter>,
+    attach: &mut Attach,
 ) -> ExitRecord {
     let mut buf = vec![0u8; READ_BUF];
     let mut exited: Option<(ExitRecord, Instant)> = reap(init);
-    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(1 + sources.len());
-    let mut index: Vec<usize> = Vec::with_capacity(sources.len());
+    let mut fds: Vec<libc::pollfd> = Vec::with_capacity(8);
+    let mut slots: Vec<Slot> = Vec::with_capacity(8);
     loop {
         let timeout_ms = match &exited {
             None => -1,
@@ -494,20 +573,25 @@ fn watch(
             }
         };
         fds.clear();
-        index.clear();
-        fds.push(libc::pollfd {
-            fd: signals.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
-        for (i, s) in sources.iter().enumerate().filter(|(_, s)| s.open) {
+        slots.clear();
+        let mut add = |fd: i32, events: libc::c_short, slot: Slot| {
             fds.push(libc::pollfd {
-                fd: s.file.as_raw_fd(),
-                events: libc::POLLIN,
+                fd,
+                events,
                 revents: 0,
             });
-            index.push(i);
+            slots.push(slot);
+        };
+        add(signals.as_raw_fd(), libc::POLLIN, Slot::Signals);
+        // Before the output: a client that connected before output arrived gets it,
+        // even when the monitor sees both in one wakeup.
+        if let Some(l) = &attach.listener {
+            add(l.as_raw_fd(), libc::POLLIN, Slot::Listener);
         }
+        for (i, s) in sources.iter().enumerate().filter(|(_, s)| s.open) {
+            add(s.file.as_raw_fd(), libc::POLLIN, Slot::Source(i));
+        }
+        attach.poll_set(&mut add);
         match sys::poll(&mut fds, timeout_ms) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -543,11 +627,19 @@ fn watch(
                 }
             }
         }
-        for (pfd, &i) in fds[1..].iter().zip(&index) {
-            if pfd.revents != 0 {
-                drain(&mut sources[i], &mut buf, log);
+        for (pfd, slot) in fds.iter().zip(&slots).skip(1) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            match *slot {
+                Slot::Signals => {}
+                Slot::Source(i) => drain(&mut sources[i], &mut buf, log, attach),
+                Slot::Listener => attach.accept(),
+                Slot::Client(i) => attach.serve(i, pfd.revents, &mut buf),
+                Slot::Stdin => attach.stdin.flush(),
             }
         }
+        attach.remove_dead();
     }
     if let Some(l) = log.as_mut() {
         for s in sources.iter() {
@@ -571,8 +663,9 @@ fn watch(
     }
 }
 
-/// Reads what is available from one stream into the log; closes it at EOF.
-fn drain(src: &mut Source, buf: &mut [u8], log: &mut Option<LogWriter>) {
+/// Reads what is available from one stream into the log and to attached clients;
+/// closes it at EOF.
+fn drain(src: &mut Source, buf: &mut [u8], log: &mut Option<LogWriter>, attach: &mut Attach) {
     for _ in 0..READS_PER_WAKEUP {
         match src.file.read(buf) {
             Ok(0) => {
@@ -583,6 +676,7 @@ fn drain(src: &mut Source, buf: &mut [u8], log: &mut Option<LogWriter>) {
                 if let Some(l) = log.as_mut() {
                     l.write(src.stream, &buf[..n]);
                 }
+                attach.broadcast(src.stream, &buf[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -597,6 +691,408 @@ fn drain(src: &mut Source, buf: &mut [u8], log: &mut Option<LogWriter>) {
         && let Some(l) = log.as_mut()
     {
         l.finish(src.stream);
+    }
+}
+
+/// The attach socket, its clients, and the container's stdin and terminal they use.
+struct Attach {
+    /// `None` once the container exited.
+    listener: Option<UnixListener>,
+    /// The name the listener is bound to (kept reachable to remove it at the end).
+    address: SocketAddress,
+    clients: Vec<Client>,
+    stdin: Stdin,
+    /// The pty master, for resizes; `None` without a TTY.
+    console: Option<File>,
+    stdin_once: bool,
+}
+
+impl Attach {
+    /// Adds the clients and the container's stdin to the poll set, if they need
+    /// watching (the listener is added by the caller, ahead of the output).
+    fn poll_set(&self, add: &mut impl FnMut(i32, libc::c_short, Slot)) {
+        // Clients are not read while the container's stdin is backed up.
+        let readable = self.stdin.room() > 0;
+        for (i, c) in self.clients.iter().enumerate() {
+            let mut events = 0;
+            if c.reading && readable {
+                events |= libc::POLLIN;
+            }
+            if c.queued() > 0 {
+                events |= libc::POLLOUT;
+            }
+            // With no events, poll still reports a hang-up: wanted unless already seen.
+            if events != 0 || !c.hung_up {
+                add(c.sock.as_raw_fd(), events, Slot::Client(i));
+            }
+        }
+        if let Some(f) = self.stdin.waiting() {
+            add(f.as_raw_fd(), libc::POLLOUT, Slot::Stdin);
+        }
+    }
+
+    fn accept(&mut self) {
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        for _ in 0..READS_PER_WAKEUP {
+            match listener.accept() {
+                Ok((sock, _)) => {
+                    if self.clients.len() < MAX_CLIENTS && sock.set_nonblocking(true).is_ok() {
+                        self.clients.push(Client::new(sock));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // WouldBlock: all taken; anything else: that connection is lost.
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Queues output for every client.
+    fn broadcast(&mut self, stream: Stream, data: &[u8]) {
+        // Reads are at most READ_BUF long.
+        let Ok(len) = u32::try_from(data.len()) else {
+            return;
+        };
+        let header = monitor::output_header(stream, len);
+        for c in self.clients.iter_mut().filter(|c| !c.dead) {
+            let was_idle = c.queued() == 0;
+            c.queue(&header, data);
+            // Most of the time the socket has room: write now, buffer nothing.
+            if was_idle && !c.dead {
+                c.flush();
+            }
+        }
+    }
+
+    /// Handles poll events of client `i`.
+    fn serve(&mut self, i: usize, revents: libc::c_short, buf: &mut [u8]) {
+        let Attach {
+            clients,
+            stdin,
+            console,
+            stdin_once,
+            ..
+        } = self;
+        let Some(c) = clients.get_mut(i) else {
+            return;
+        };
+        if revents & libc::POLLOUT != 0 {
+            c.flush();
+        }
+        let mut did_read = false;
+        if revents & libc::POLLIN != 0 && !c.dead {
+            did_read = true;
+            for _ in 0..READS_PER_WAKEUP {
+                let room = stdin.room().min(buf.len());
+                if room == 0 || !c.reading || c.dead {
+                    break;
+                }
+                match (&c.sock).read(&mut buf[..room]) {
+                    Ok(0) => {
+                        c.reading = false;
+                        // The end of a client's socket ends its stdin.
+                        if *stdin_once && c.sent_stdin {
+                            stdin.end();
+                        }
+                    }
+                    Ok(n) => {
+                        let sent_stdin = &mut c.sent_stdin;
+                        c.input.feed(&buf[..n], &mut |msg| match msg {
+                            AttachInput::Stdin(data) => {
+                                *sent_stdin = true;
+                                stdin.push(data);
+                            }
+                            AttachInput::Resize { width, height } => {
+                                if let Some(pty) = console.as_ref() {
+                                    let _ = sys::set_window_size(pty.as_fd(), width, height);
+                                }
+                            }
+                            AttachInput::CloseStdin => {
+                                if *stdin_once {
+                                    stdin.end();
+                                }
+                            }
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => c.dead = true,
+                }
+            }
+            stdin.flush();
+        }
+        if revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            if !c.reading || revents & libc::POLLERR != 0 {
+                // Gone for good: nothing more to read, no way to write.
+                c.dead = true;
+            } else if !did_read {
+                // Hung up with input left that stdin has no room for yet.
+                c.hung_up = true;
+            }
+        }
+    }
+
+    /// Drops the clients that failed or fell too far behind.
+    fn remove_dead(&mut self) {
+        if !self.clients.iter().any(|c| c.dead) {
+            return;
+        }
+        for c in self.clients.iter().filter(|c| c.dead) {
+            if self.stdin_once && c.sent_stdin && c.reading {
+                self.stdin.end();
+            }
+        }
+        self.clients.retain(|c| !c.dead);
+        self.stdin.flush();
+    }
+
+    /// The container exited: no new clients, no more stdin.
+    fn stop(&mut self) {
+        if self.listener.take().is_some() {
+            let _ = std::fs::remove_file(self.address.path());
+        }
+        self.stdin = Stdin::new(None, false);
+        self.console = None;
+    }
+
+    /// Lets clients take what is queued for them until `deadline`, then closes them:
+    /// they read EOF.
+    fn close_clients(&mut self, deadline: Instant) {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.clients.len());
+        loop {
+            // Done: everything written, or failed.
+            self.clients.retain_mut(|c| {
+                let done = c.dead || c.queued() == 0;
+                if done {
+                    c.discard_input();
+                }
+                !done
+            });
+            if self.clients.is_empty() {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            fds.clear();
+            fds.extend(self.clients.iter().map(|c| libc::pollfd {
+                fd: c.sock.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            }));
+            let ms = i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX);
+            match sys::poll(&mut fds, ms) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+            for (c, pfd) in self.clients.iter_mut().zip(&fds) {
+                if pfd.revents & libc::POLLOUT != 0 {
+                    c.flush();
+                } else if pfd.revents != 0 {
+                    c.dead = true;
+                }
+            }
+        }
+        // Out of time: the rest is lost for these.
+        for c in self.clients.iter_mut() {
+            c.discard_input();
+        }
+        self.clients.clear();
+    }
+}
+
+/// One attached client.
+struct Client {
+    sock: UnixStream,
+    /// Output frames; `out[sent..]` is still to be written.
+    out: Vec<u8>,
+    sent: usize,
+    input: InputDecoder,
+    /// No EOF from the client yet.
+    reading: bool,
+    /// It hung up while it could not be read; polled again once it can.
+    hung_up: bool,
+    /// It sent stdin: with stdin_once, the end of its socket ends the container's stdin.
+    sent_stdin: bool,
+    /// Failed or fell too far behind; removed after this wakeup.
+    dead: bool,
+}
+
+impl Client {
+    fn new(sock: UnixStream) -> Self {
+        Self {
+            sock,
+            out: Vec::new(),
+            sent: 0,
+            input: InputDecoder::new(),
+            reading: true,
+            hung_up: false,
+            sent_stdin: false,
+            dead: false,
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.out.len() - self.sent
+    }
+
+    /// Queues one frame, or marks the client dead if that would exceed its buffer.
+    fn queue(&mut self, header: &[u8], data: &[u8]) {
+        let add = header.len() + data.len();
+        if self.queued() + add > monitor::ATTACH_CLIENT_BUFFER {
+            self.dead = true;
+            return;
+        }
+        if self.sent > 0 && self.out.len() + add > self.out.capacity() {
+            self.out.drain(..self.sent);
+            self.sent = 0;
+        }
+        self.out.extend_from_slice(header);
+        self.out.extend_from_slice(data);
+    }
+
+    /// Reads and drops what the client sent and was not read. Closing a unix socket
+    /// with unread input makes the peer's read fail with ECONNRESET; without it, the
+    /// peer reads everything sent to it and then a clean EOF.
+    fn discard_input(&mut self) {
+        let mut scrap = [0u8; 4096];
+        for _ in 0..64 {
+            match (&self.sock).read(&mut scrap) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => return,
+            }
+        }
+    }
+
+    /// Writes queued output until the socket is full.
+    fn flush(&mut self) {
+        while self.sent < self.out.len() {
+            match (&self.sock).write(&self.out[self.sent..]) {
+                Ok(0) => {
+                    self.dead = true;
+                    return;
+                }
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // EPIPE, ECONNRESET: the client is gone.
+                Err(_) => {
+                    self.dead = true;
+                    return;
+                }
+            }
+        }
+        self.sent = 0;
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
+    }
+}
+
+/// The container's stdin as clients feed it.
+struct Stdin {
+    /// The pipe's writing end or the pty master; `None` without `--stdin` or once
+    /// closed.
+    fd: Option<File>,
+    /// Bytes not yet written; `pending[sent..]` is left.
+    pending: Vec<u8>,
+    sent: usize,
+    /// Still takes input (not ended by stdin_once, not failed).
+    open: bool,
+    /// Close `fd` once `pending` is written.
+    close: bool,
+    tty: bool,
+}
+
+impl Stdin {
+    fn new(fd: Option<File>, tty: bool) -> Self {
+        Self {
+            open: fd.is_some(),
+            fd,
+            pending: Vec::new(),
+            sent: 0,
+            close: false,
+            tty,
+        }
+    }
+
+    /// How many more bytes clients may send now: unlimited when input is discarded.
+    fn room(&self) -> usize {
+        if self.open {
+            STDIN_BUFFER.saturating_sub(self.pending.len() - self.sent)
+        } else {
+            usize::MAX
+        }
+    }
+
+    /// The descriptor to wait on while bytes are pending.
+    fn waiting(&self) -> Option<&File> {
+        self.fd.as_ref().filter(|_| self.sent < self.pending.len())
+    }
+
+    fn push(&mut self, data: &[u8]) {
+        if self.open {
+            self.pending.extend_from_slice(data);
+        }
+    }
+
+    /// Ends the container's stdin after what is pending: a pipe is closed, a terminal
+    /// gets its EOF character (closing the pty master would hang it up).
+    fn end(&mut self) {
+        if !self.open {
+            return;
+        }
+        self.open = false;
+        match (&self.fd, self.tty) {
+            (Some(pty), true) => {
+                // VEOF is ^D unless the container changed it.
+                let eof = nix::sys::termios::tcgetattr(pty.as_fd()).map_or(4, |t| {
+                    t.control_chars[nix::sys::termios::SpecialCharacterIndices::VEOF as usize]
+                });
+                self.pending.push(eof);
+            }
+            _ => self.close = true,
+        }
+        self.flush();
+    }
+
+    /// Writes what is pending until the pipe or terminal is full.
+    fn flush(&mut self) {
+        let Some(fd) = self.fd.as_ref() else {
+            return;
+        };
+        let mut w = fd;
+        while self.sent < self.pending.len() {
+            match w.write(&self.pending[self.sent..]) {
+                Ok(n) if n > 0 => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // EPIPE: nobody reads the container's stdin any more.
+                _ => {
+                    self.fd = None;
+                    self.open = false;
+                    self.pending = Vec::new();
+                    self.sent = 0;
+                    return;
+                }
+            }
+        }
+        self.sent = 0;
+        if self.pending.capacity() > KEEP_CAPACITY {
+            self.pending = Vec::new();
+        } else {
+            self.pending.clear();
+        }
+        if self.close {
+            self.fd = None;
+        }
     }
 }
 
@@ -765,6 +1261,22 @@ mod sys {
             return Err(io::Error::last_os_error());
         }
         Ok(n as usize)
+    }
+
+    /// `ioctl(TIOCSWINSZ)`: sets the size of the terminal whose pty master is `pty`.
+    pub fn set_window_size(pty: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+        let size = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize through the pointer, which points to a
+        // live local of that type.
+        if unsafe { libc::ioctl(pty.as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// `waitpid(-1, WNOHANG)`: one exited child as (pid, raw status), `None` if

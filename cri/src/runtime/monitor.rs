@@ -18,6 +18,32 @@
 //! about a second more) and writes [`ExitRecord`] as JSON atomically (temp file, fsync,
 //! rename). It does not delete the container from the runtime: the caller does, after
 //! reading what it needs (OOM counters) from the container's cgroup.
+//!
+//! # Attach socket
+//! From before it reports `created` until the container exited, the monitor listens
+//! on `<bundle>/attach.sock` (unix stream socket, mode 0600; [`attach_socket_path`]).
+//! A path longer than `sun_path` holds is reached through a descriptor of the bundle
+//! directory instead, as `/proc/self/fd/<dirfd>/attach.sock` ([`attach_address`]);
+//! the monitor binds and [`attach`] connects by the same rule. Any number of clients
+//! may attach; each gets what the container writes from the moment it connected.
+//!
+//! Every message is a frame: 1 byte kind, 4 bytes big-endian payload length, payload.
+//! - monitor → client: kind 1 = stdout, 2 = stderr (with a TTY everything is stdout).
+//!   When the container exited and its output is drained the monitor closes the
+//!   socket: the client reads EOF.
+//! - client → monitor: kind 0 = stdin bytes (used only if the container was created
+//!   with `--stdin`), kind 4 = resize, payload width and height as two big-endian u16
+//!   (TTY only), kind 5 = end of this client's stdin. Other kinds are skipped.
+//!
+//! With `--stdin-once` the first end of a client's stdin closes the container's stdin
+//! (with a TTY: sends the terminal's EOF character): a kind 5 frame, or the client's
+//! socket ending (EOF, or the client being dropped) after it sent stdin. Without it,
+//! stdin stays open for later clients and kind 5 changes nothing.
+//!
+//! A client that does not take its output is dropped once more than
+//! [`ATTACH_CLIENT_BUFFER`] bytes are queued for it: it never slows the container or
+//! the log. Its connection ends, possibly inside a frame. A container that does not read its stdin makes the monitor stop reading
+//! from clients (backpressure) rather than queue without bound.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -26,11 +52,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use bytes::{Buf as _, Bytes, BytesMut};
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::logfmt::Stream;
 
 /// How long [`spawn`] waits for the monitor to report the outcome of `create`.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,6 +108,20 @@ pub enum Error {
     },
     #[error("invalid monitor arguments: {0}")]
     Args(String),
+    #[error("attach to {path}")]
+    Attach {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attach socket {path}")]
+    AttachIo {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("attach socket {path}: {message}")]
+    AttachProtocol { path: PathBuf, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -458,6 +503,336 @@ fn is_zombie(pid: i32) -> bool {
         .is_some_and(|state| state == "Z" || state == "X")
 }
 
+/// Name of the attach socket in the bundle.
+pub const ATTACH_SOCKET: &str = "attach.sock";
+/// Output the monitor queues for one attached client before it drops the client.
+pub const ATTACH_CLIENT_BUFFER: usize = 1 << 20;
+/// Bytes of a frame header: kind and big-endian payload length.
+pub const FRAME_HEADER: usize = 5;
+/// Frame kind, client → monitor: bytes for the container's stdin.
+pub const FRAME_STDIN: u8 = 0;
+/// Frame kind, monitor → client: the container's stdout (everything with a TTY).
+pub const FRAME_STDOUT: u8 = 1;
+/// Frame kind, monitor → client: the container's stderr.
+pub const FRAME_STDERR: u8 = 2;
+/// Frame kind, client → monitor: terminal size, width and height as big-endian u16.
+pub const FRAME_RESIZE: u8 = 4;
+/// Frame kind, client → monitor: this client's stdin ended.
+pub const FRAME_CLOSE_STDIN: u8 = 5;
+/// Largest output frame [`AttachReader`] accepts (the monitor sends at most 16 KiB).
+const MAX_OUTPUT_FRAME: usize = 1 << 20;
+/// Largest stdin frame [`AttachWriter::stdin`] sends; longer input is split.
+const MAX_STDIN_FRAME: usize = 32 * 1024;
+/// `sun_path` of `sockaddr_un`, including the terminating NUL.
+const SUN_PATH: usize = 108;
+
+/// `<bundle>/attach.sock`, where the monitor of the container in `bundle` listens.
+/// Use [`attach_address`] to bind or connect: this path may be too long to.
+pub fn attach_socket_path(bundle: &Path) -> PathBuf {
+    bundle.join(ATTACH_SOCKET)
+}
+
+/// A name under which a socket in a directory can be bound or connected to.
+#[derive(Debug)]
+pub struct SocketAddress {
+    path: PathBuf,
+    /// The directory, opened `O_PATH`, when `path` goes through `/proc/self/fd`.
+    _dir: Option<std::fs::File>,
+}
+
+impl SocketAddress {
+    /// The path to pass to bind/connect; valid while `self` lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// How to reach `<bundle>/attach.sock` by name: that path when it fits `sun_path`
+/// (107 bytes), else `/proc/self/fd/<N>/attach.sock` where N is a descriptor of the
+/// bundle directory held by the returned value. The monitor binds and [`attach`]
+/// connects by this same rule.
+pub fn attach_address(bundle: &Path) -> io::Result<SocketAddress> {
+    socket_address(bundle, ATTACH_SOCKET)
+}
+
+fn socket_address(dir: &Path, name: &str) -> io::Result<SocketAddress> {
+    let path = dir.join(name);
+    if path.as_os_str().len() < SUN_PATH {
+        return Ok(SocketAddress { path, _dir: None });
+    }
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let d = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)?;
+    Ok(SocketAddress {
+        path: PathBuf::from(format!("/proc/self/fd/{}/{name}", d.as_raw_fd())),
+        _dir: Some(d),
+    })
+}
+
+/// The header of an output frame of `len` bytes of `stream`.
+pub fn output_header(stream: Stream, len: u32) -> [u8; FRAME_HEADER] {
+    let kind = match stream {
+        Stream::Stdout => FRAME_STDOUT,
+        Stream::Stderr => FRAME_STDERR,
+    };
+    frame_header(kind, len)
+}
+
+fn frame_header(kind: u8, len: u32) -> [u8; FRAME_HEADER] {
+    let l = len.to_be_bytes();
+    [kind, l[0], l[1], l[2], l[3]]
+}
+
+/// What an attach client asks of the monitor, as [`InputDecoder`] yields it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachInput<'a> {
+    /// Bytes for the container's stdin: a frame's payload, possibly in pieces.
+    Stdin(&'a [u8]),
+    /// A new terminal size.
+    Resize { width: u16, height: u16 },
+    /// The client's stdin ended.
+    CloseStdin,
+}
+
+/// Decodes the frames an attach client sends, from reads of any size. Stdin payloads
+/// are passed on as they arrive, so nothing but a header is buffered.
+#[derive(Debug, Default)]
+pub struct InputDecoder {
+    header: [u8; FRAME_HEADER],
+    /// Header bytes received of the current frame.
+    have: usize,
+    /// Payload bytes of the current frame still to come.
+    left: usize,
+    resize: [u8; 4],
+    resize_have: usize,
+}
+
+impl InputDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes read from the client, calling `emit` for what they complete.
+    pub fn feed<'a>(&mut self, mut data: &'a [u8], emit: &mut impl FnMut(AttachInput<'a>)) {
+        while !data.is_empty() {
+            if self.have < FRAME_HEADER {
+                let n = (FRAME_HEADER - self.have).min(data.len());
+                self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+                self.have += n;
+                data = &data[n..];
+                if self.have == FRAME_HEADER {
+                    let [_, a, b, c, d] = self.header;
+                    self.left = u32::from_be_bytes([a, b, c, d]) as usize;
+                    self.resize_have = 0;
+                    if self.left == 0 {
+                        self.end_frame(emit);
+                    }
+                }
+                continue;
+            }
+            let n = self.left.min(data.len());
+            let (chunk, rest) = data.split_at(n);
+            match self.header[0] {
+                FRAME_STDIN => emit(AttachInput::Stdin(chunk)),
+                FRAME_RESIZE => {
+                    let take = (self.resize.len() - self.resize_have).min(chunk.len());
+                    self.resize[self.resize_have..self.resize_have + take]
+                        .copy_from_slice(&chunk[..take]);
+                    self.resize_have += take;
+                }
+                _ => {}
+            }
+            self.left -= n;
+            data = rest;
+            if self.left == 0 {
+                self.end_frame(emit);
+            }
+        }
+    }
+
+    fn end_frame<'a>(&mut self, emit: &mut impl FnMut(AttachInput<'a>)) {
+        match self.header[0] {
+            FRAME_RESIZE if self.resize_have == self.resize.len() => {
+                let [w0, w1, h0, h1] = self.resize;
+                emit(AttachInput::Resize {
+                    width: u16::from_be_bytes([w0, w1]),
+                    height: u16::from_be_bytes([h0, h1]),
+                });
+            }
+            FRAME_CLOSE_STDIN => emit(AttachInput::CloseStdin),
+            _ => {}
+        }
+        self.have = 0;
+    }
+}
+
+/// A connection to a container's monitor: its live output and a way to its stdin and
+/// terminal. Split it to read and write from different tasks.
+#[derive(Debug)]
+pub struct Attached {
+    reader: AttachReader,
+    writer: AttachWriter,
+}
+
+impl Attached {
+    pub fn split(self) -> (AttachReader, AttachWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+/// Attaches to the container whose bundle is `bundle`. Fails (with the socket's
+/// `NotFound` or `ConnectionRefused` as the source) when no monitor listens there: the
+/// container is not running.
+pub async fn attach(bundle: &Path) -> Result<Attached> {
+    let path = attach_socket_path(bundle);
+    let addr = attach_address(bundle).map_err(|source| Error::Attach {
+        path: path.clone(),
+        source,
+    })?;
+    let sock = UnixStream::connect(addr.path())
+        .await
+        .map_err(|source| Error::Attach {
+            path: path.clone(),
+            source,
+        })?;
+    drop(addr);
+    let (r, w) = sock.into_split();
+    Ok(Attached {
+        reader: AttachReader {
+            sock: r,
+            buf: BytesMut::new(),
+            path: path.clone(),
+        },
+        writer: AttachWriter { sock: w, path },
+    })
+}
+
+/// The container's output, one frame at a time.
+#[derive(Debug)]
+pub struct AttachReader {
+    sock: OwnedReadHalf,
+    buf: BytesMut,
+    path: PathBuf,
+}
+
+impl AttachReader {
+    /// The next chunk of output; `None` once the container exited and everything it
+    /// wrote was delivered. A client the monitor dropped for falling behind reads what
+    /// its socket held, then `None` or [`Error::AttachProtocol`] (the connection may
+    /// end inside a frame).
+    pub async fn next(&mut self) -> Result<Option<(Stream, Bytes)>> {
+        loop {
+            if self.buf.len() >= FRAME_HEADER {
+                let [kind, a, b, c, d] = [
+                    self.buf[0],
+                    self.buf[1],
+                    self.buf[2],
+                    self.buf[3],
+                    self.buf[4],
+                ];
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                let stream = match kind {
+                    FRAME_STDOUT => Stream::Stdout,
+                    FRAME_STDERR => Stream::Stderr,
+                    other => return Err(self.protocol(format!("unknown frame kind {other}"))),
+                };
+                if len > MAX_OUTPUT_FRAME {
+                    return Err(self.protocol(format!("frame of {len} bytes")));
+                }
+                if self.buf.len() >= FRAME_HEADER + len {
+                    self.buf.advance(FRAME_HEADER);
+                    return Ok(Some((stream, self.buf.split_to(len).freeze())));
+                }
+                self.buf.reserve(FRAME_HEADER + len - self.buf.len());
+            } else {
+                self.buf.reserve(16 * 1024);
+            }
+            let n = self
+                .sock
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|source| Error::AttachIo {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            if n == 0 {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(self.protocol(format!(
+                    "connection ended inside a frame ({} bytes pending)",
+                    self.buf.len()
+                )));
+            }
+        }
+    }
+
+    /// The output as a stream of frames.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<(Stream, Bytes)>> {
+        futures::stream::try_unfold(self, |mut r| async move {
+            Ok(r.next().await?.map(|frame| (frame, r)))
+        })
+    }
+
+    fn protocol(&self, message: String) -> Error {
+        Error::AttachProtocol {
+            path: self.path.clone(),
+            message,
+        }
+    }
+}
+
+/// The container's stdin and terminal. Dropping it ends this client's stdin (which,
+/// with `stdin_once`, closes the container's stdin if this client sent any).
+#[derive(Debug)]
+pub struct AttachWriter {
+    sock: OwnedWriteHalf,
+    path: PathBuf,
+}
+
+impl AttachWriter {
+    /// Sends bytes to the container's stdin (ignored unless it was created with stdin).
+    pub async fn stdin(&mut self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(MAX_STDIN_FRAME) {
+            // A chunk is at most MAX_STDIN_FRAME bytes, far below u32::MAX.
+            let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            let mut frame = Vec::with_capacity(FRAME_HEADER + chunk.len());
+            frame.extend_from_slice(&frame_header(FRAME_STDIN, len));
+            frame.extend_from_slice(chunk);
+            self.send(&frame).await?;
+        }
+        Ok(())
+    }
+
+    /// Resizes the container's terminal (ignored without a TTY).
+    pub async fn resize(&mut self, width: u16, height: u16) -> Result<()> {
+        let mut frame = [0u8; FRAME_HEADER + 4];
+        frame[..FRAME_HEADER].copy_from_slice(&frame_header(FRAME_RESIZE, 4));
+        frame[FRAME_HEADER..FRAME_HEADER + 2].copy_from_slice(&width.to_be_bytes());
+        frame[FRAME_HEADER + 2..].copy_from_slice(&height.to_be_bytes());
+        self.send(&frame).await
+    }
+
+    /// Ends this client's stdin: with `stdin_once` the container's stdin is closed.
+    /// Output keeps coming on the reader.
+    pub async fn close_stdin(&mut self) -> Result<()> {
+        self.send(&frame_header(FRAME_CLOSE_STDIN, 0)).await
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.sock
+            .write_all(bytes)
+            .await
+            .map_err(|source| Error::AttachIo {
+                path: self.path.clone(),
+                source,
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,5 +952,115 @@ mod tests {
         let fd = pidfd_open(std::process::id() as i32)?;
         assert!(fd.as_raw_fd() >= 0);
         Ok(())
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum In {
+        Stdin(Vec<u8>),
+        Resize(u16, u16),
+        Close,
+    }
+
+    /// Decodes `wire` fed in pieces of `step` bytes, joining stdin pieces.
+    fn decode(wire: &[u8], step: usize) -> Vec<In> {
+        let mut d = InputDecoder::new();
+        let mut got: Vec<In> = Vec::new();
+        for piece in wire.chunks(step) {
+            d.feed(piece, &mut |i| match (i, got.last_mut()) {
+                (AttachInput::Stdin(b), Some(In::Stdin(prev))) => prev.extend_from_slice(b),
+                (AttachInput::Stdin(b), _) => got.push(In::Stdin(b.to_vec())),
+                (AttachInput::Resize { width, height }, _) => got.push(In::Resize(width, height)),
+                (AttachInput::CloseStdin, _) => got.push(In::Close),
+            });
+        }
+        got
+    }
+
+    #[test]
+    fn input_frames_table() {
+        let stdin = [&frame_header(FRAME_STDIN, 3)[..], b"abc"].concat();
+        let resize = [&frame_header(FRAME_RESIZE, 4)[..], &[0, 80, 0, 24]].concat();
+        let close = frame_header(FRAME_CLOSE_STDIN, 0).to_vec();
+        let empty_stdin = frame_header(FRAME_STDIN, 0).to_vec();
+        let short_resize = [&frame_header(FRAME_RESIZE, 2)[..], &[0, 80]].concat();
+        let long_resize = [&frame_header(FRAME_RESIZE, 6)[..], &[1, 0, 0, 50, 9, 9]].concat();
+        let unknown = [&frame_header(9, 2)[..], b"zz"].concat();
+        let table: Vec<(Vec<u8>, Vec<In>)> = vec![
+            (Vec::new(), vec![]),
+            (stdin.clone(), vec![In::Stdin(b"abc".to_vec())]),
+            (resize.clone(), vec![In::Resize(80, 24)]),
+            (close.clone(), vec![In::Close]),
+            (empty_stdin, vec![]),
+            (short_resize, vec![]),
+            (long_resize, vec![In::Resize(256, 50)]),
+            (
+                [&unknown[..], &stdin, &resize, &close].concat(),
+                vec![In::Stdin(b"abc".to_vec()), In::Resize(80, 24), In::Close],
+            ),
+        ];
+        for (wire, want) in &table {
+            for step in [1, 2, 3, 7, 4096] {
+                assert_eq!(&decode(wire, step), want, "{wire:?} in steps of {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn socket_address_short_and_long() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let short = attach_address(dir.path())?;
+        assert_eq!(short.path(), attach_socket_path(dir.path()));
+        let long_dir = dir.path().join("d".repeat(120));
+        std::fs::create_dir(&long_dir)?;
+        let long = attach_address(&long_dir)?;
+        let p = long.path().to_string_lossy().into_owned();
+        assert!(
+            p.starts_with("/proc/self/fd/") && p.ends_with("/attach.sock"),
+            "{p}"
+        );
+        assert!(p.len() < SUN_PATH);
+        // Binding through the short name creates the socket at the long path.
+        let _l = std::os::unix::net::UnixListener::bind(long.path())?;
+        assert!(attach_socket_path(&long_dir).exists());
+        assert!(attach_address(&dir.path().join("missing").join("d".repeat(120))).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn output_frames_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let (a, mut b) = UnixStream::pair()?;
+            let (r, _w) = a.into_split();
+            let mut reader = AttachReader {
+                sock: r,
+                buf: BytesMut::new(),
+                path: PathBuf::from("pair"),
+            };
+            let mut wire = Vec::new();
+            wire.extend_from_slice(&output_header(Stream::Stdout, 2));
+            wire.extend_from_slice(b"hi");
+            wire.extend_from_slice(&output_header(Stream::Stderr, 0));
+            wire.extend_from_slice(&output_header(Stream::Stderr, 3));
+            wire.extend_from_slice(b"err");
+            b.write_all(&wire).await?;
+            b.write_all(&[7, 0, 0, 0, 0]).await?;
+            assert_eq!(
+                reader.next().await?,
+                Some((Stream::Stdout, Bytes::from_static(b"hi")))
+            );
+            assert_eq!(reader.next().await?, Some((Stream::Stderr, Bytes::new())));
+            assert_eq!(
+                reader.next().await?,
+                Some((Stream::Stderr, Bytes::from_static(b"err")))
+            );
+            assert!(matches!(
+                reader.next().await,
+                Err(Error::AttachProtocol { .. })
+            ));
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
     }
 }
