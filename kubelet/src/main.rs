@@ -1,22 +1,193 @@
-//! The node agent binary.
-//!
-//! Standalone mode (static pods from `--pod-manifest-path`) and the API-server mode land
-//! with their own issues; today the binary only parses its flags and says so.
+//! `kubelet`: the node agent. Standalone mode runs static pods from a manifest
+//! directory with no control plane: by default with our CRI server in-process (one
+//! binary), or against any CRI runtime with `--container-runtime-endpoint`.
 
+mod config;
+mod node;
+mod readonly;
+mod static_pods;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
 #[command(name = "kubelet", version, about = "Kubernetes node agent")]
-struct Args {
+pub struct Args {
+    /// KubeletConfiguration file (YAML or JSON): staticPodPath, containerRuntimeEndpoint,
+    /// readOnlyPort, address, podLogsDir, clusterDNS, clusterDomain. Flags win.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Directory of static pod manifests.
     #[arg(long = "pod-manifest-path")]
-    pod_manifest_path: Option<std::path::PathBuf>,
+    pod_manifest_path: Option<PathBuf>,
+    /// CRI endpoint of an external runtime (unix:///run/containerd/containerd.sock);
+    /// empty: run our CRI server in-process.
+    #[arg(long = "container-runtime-endpoint")]
+    container_runtime_endpoint: Option<String>,
+    /// Node name instead of the hostname.
+    #[arg(long = "hostname-override")]
+    hostname_override: Option<String>,
+    /// Kubelet state (pod volumes).
+    #[arg(long = "root-dir", default_value = "/var/lib/nodelet/kubelet")]
+    root_dir: PathBuf,
+    /// Address of the read-only endpoint (/pods, /healthz).
+    #[arg(long)]
+    address: Option<String>,
+    /// Port of the read-only endpoint; 0 disables it.
+    #[arg(long = "read-only-port")]
+    read_only_port: Option<u16>,
+    /// In-process CRI server: its TOML config file (see the cri binary).
+    #[arg(long = "cri-config")]
+    cri_config: Option<PathBuf>,
+    /// In-process CRI server: import every OCI archive here before running pods.
+    #[arg(long = "image-preload-dir")]
+    image_preload_dir: Option<PathBuf>,
+    /// In-process CRI server: its socket (others, like crictl, may use it too).
+    #[arg(long = "cri-socket")]
+    cri_socket: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let args = Args::parse();
+    let cfg = config::Settings::load(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cfg))
+}
+
+async fn run(cfg: config::Settings) -> anyhow::Result<()> {
+    let shutdown = tokio_util_shutdown();
+    let endpoint = match &cfg.runtime_endpoint {
+        Some(e) => e.clone(),
+        None => {
+            let mut cri_cfg = cri::Config::load(cfg.cri_config.as_deref())
+                .context("loading the in-process CRI config")?;
+            if let Some(s) = &cfg.cri_socket {
+                cri_cfg.socket = s.clone();
+            }
+            if let Some(d) = &cfg.image_preload_dir {
+                cri_cfg.image_preload_dir = Some(d.clone());
+            }
+            let socket = cri_cfg.socket.clone();
+            let server = cri::Cri::open(cri_cfg)
+                .await
+                .context("starting the in-process CRI server")?;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(async move { stop.cancelled().await }).await {
+                    tracing::error!(err = %e, "in-process CRI server stopped");
+                }
+            });
+            wait_for_socket(&socket).await?;
+            format!("unix://{}", socket.display())
+        }
+    };
+    let client = pods::cri::Cri::connect(&endpoint)?;
+    let version = client
+        .runtime
+        .clone()
+        .version(proto::v1::VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .with_context(|| format!("asking the runtime at {endpoint} for its version"))?
+        .into_inner();
+    tracing::info!(%endpoint, runtime = %version.runtime_name, runtime_version = %version.runtime_version, node = %cfg.node.node_name, "connected to the container runtime");
+
+    let engine = pods::engine::Engine::start(
+        client,
+        pods::engine::EngineConfig {
+            node: cfg.node.clone(),
+            root_dir: cfg.root_dir.clone(),
+            log_root: cfg.pod_logs_dir.clone(),
+            runtime_name: version.runtime_name.clone(),
+        },
+    );
+    if cfg.read_only_port != 0 {
+        let addr = format!("{}:{}", cfg.address, cfg.read_only_port);
+        let views = engine.views();
+        let stop = shutdown.clone();
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("binding the read-only endpoint {addr}"))?;
+        tracing::info!(%addr, "serving /pods and /healthz");
+        tokio::spawn(readonly::serve(listener, views, async move {
+            stop.cancelled().await
+        }));
+    }
+
+    let Some(dir) = cfg.static_pod_path.clone() else {
+        tracing::warn!(
+            "no --pod-manifest-path: nothing to run (the API-server mode is not built yet)"
+        );
+        shutdown.cancelled().await;
+        return Ok(());
+    };
+    let (mut snapshots, _watcher) = static_pods::watch(
+        dir.clone(),
+        cfg.node.node_name.clone(),
+        Duration::from_millis(50),
+    )
+    .with_context(|| format!("watching {}", dir.display()))?;
+    let first = snapshots.borrow_and_update().clone();
+    for e in &first.errors {
+        tracing::warn!(error = %e, "static pod manifest not used");
+    }
+    tracing::info!(dir = %dir.display(), pods = first.pods.len(), "static pods");
+    engine.set_pods(&first.pods);
+    if let Err(e) = engine.adopt_orphans(&first.pods).await {
+        tracing::warn!(err = %e, "listing pods left by an earlier run");
+    }
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() { break; }
+                let snap = snapshots.borrow_and_update().clone();
+                tracing::info!(pods = snap.pods.len(), "static pod manifests changed");
+                engine.set_pods(&snap.pods);
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    tracing::info!("shutting down; pods keep running");
+    Ok(())
+}
+
+/// Cancelled on the first SIGTERM or SIGINT.
+fn tokio_util_shutdown() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        cri::server::shutdown_signal().await;
+        trigger.cancel();
+    });
+    token
+}
+
+/// The in-process server binds its socket after recovery; wait until it answers.
+async fn wait_for_socket(socket: &std::path::Path) -> anyhow::Result<()> {
+    for _ in 0..500 {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     anyhow::bail!(
-        "the pod engine is not built yet (static pods from {:?} cannot run); use the `cri` binary",
-        args.pod_manifest_path
+        "the in-process CRI server did not open {}",
+        socket.display()
     )
 }

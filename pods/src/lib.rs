@@ -1,8 +1,50 @@
-//! The pod lifecycle engine: a pure planner from (desired pod, observed runtime state)
-//! to actions, and an executor that carries plans out through a CRI client.
+//! The pod lifecycle engine: Kubernetes `Pod`s (from any source) run through any CRI
+//! runtime. No API-server code lives here.
 //!
-//! Not built yet: the engine lands with its own issue. This crate exists so that the
-//! workspace has its final shape and the boundary between `kubelet` and `cri` is fixed.
+//! - `translate`: a `Pod` → CRI `PodSandboxConfig` and `ContainerConfig`s (pure).
+//! - `plan`: desired pod + observed runtime state → actions (pure, table-tested).
+//! - `status`: observed state → `PodStatus` as the upstream kubelet computes it (pure).
+//!
+//! The labels and annotations below are how a pod's sandbox and containers are found
+//! again in the runtime: the same keys the upstream kubelet writes, so `crictl ps`
+//! output reads the same and state survives an agent restart.
 
+pub mod backoff;
+pub mod cri;
+pub mod engine;
 pub mod handlers;
+pub mod plan;
 pub mod probe;
+pub mod status;
+pub mod translate;
+pub mod volumes;
+
+use std::time::SystemTime;
+
+use proto::v1;
+
+/// CRI labels (sandbox and containers).
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+/// CRI annotations (containers).
+pub const ANNOTATION_CONTAINER_HASH: &str = "io.kubernetes.container.hash";
+pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
+pub const ANNOTATION_TERMINATION_GRACE: &str = "io.kubernetes.pod.terminationGracePeriod";
+
+/// What the runtime reports about one pod: its sandboxes (newest first) and every
+/// container of those sandboxes (any state).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub sandboxes: Vec<v1::PodSandboxStatus>,
+    pub containers: Vec<v1::ContainerStatus>,
+}
+
+/// Crash-loop backoff of one container: when its last run finished and how long the
+/// next start must wait after that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub last_finish: SystemTime,
+    pub delay: std::time::Duration,
+}

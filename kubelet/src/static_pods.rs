@@ -1,0 +1,410 @@
+//! Static pods: a directory of pod manifests (`--pod-manifest-path`, `staticPodPath`),
+//! watched with inotify. Every change reloads the directory into a snapshot of desired
+//! pods; an invalid file is reported with its reason and does not stop the others.
+//!
+//! As upstream: dot files are ignored, a file may hold one pod, several YAML documents,
+//! or a `List`/`PodList`; a pod is named `<name>-<nodeName>`, its namespace defaults to
+//! `default`, and its UID is a hash of the manifest, the node and the file, so an
+//! unchanged manifest keeps its pod across restarts and a changed one replaces it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use notify::Watcher as _;
+use sha2::Digest as _;
+use tokio::sync::{mpsc, watch};
+
+pub const ANNOTATION_SOURCE: &str = "kubernetes.io/config.source";
+pub const ANNOTATION_HASH: &str = "kubernetes.io/config.hash";
+/// The manifest file a static pod came from (ours, for messages).
+pub const ANNOTATION_FILE: &str = "nodelet.io/manifest-file";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("manifest {path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("reading manifest {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("watching {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Desired static pods by UID, and the files that could not be used.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub pods: BTreeMap<String, Pod>,
+    pub errors: Vec<String>,
+}
+
+/// Reads every manifest in `dir`. A missing directory is an empty snapshot (upstream
+/// waits for it to appear).
+pub fn load_dir(dir: &Path, node_name: &str) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return snap,
+        Err(e) => {
+            snap.errors
+                .push(format!("reading manifest directory {}: {e}", dir.display()));
+            return snap;
+        }
+    };
+    files.sort();
+    for path in files {
+        let pods = std::fs::read_to_string(&path)
+            .map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })
+            .and_then(|text| parse_file(&path, &text, node_name));
+        match pods {
+            Ok(pods) => {
+                for pod in pods {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    if let Some(other) = snap.pods.get(&uid) {
+                        snap.errors.push(format!(
+                            "manifest {}: pod {} duplicates one in {}",
+                            path.display(),
+                            pod.metadata.name.clone().unwrap_or_default(),
+                            file_of(other)
+                        ));
+                        continue;
+                    }
+                    snap.pods.insert(uid, pod);
+                }
+            }
+            Err(e) => snap.errors.push(e.to_string()),
+        }
+    }
+    // Two files naming the same pod: the first (in file order) wins, as upstream.
+    let mut names = BTreeMap::new();
+    let mut dupes = vec![];
+    for (uid, pod) in &snap.pods {
+        let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+        if let Some(first) = names.insert(key.clone(), uid.clone()) {
+            let (keep, drop) = if file_of(&snap.pods[&first]) <= file_of(pod) {
+                (first, uid.clone())
+            } else {
+                (uid.clone(), first)
+            };
+            names.insert(key, keep);
+            dupes.push(drop);
+        }
+    }
+    for uid in dupes {
+        if let Some(pod) = snap.pods.remove(&uid) {
+            snap.errors.push(format!(
+                "manifest {}: pod {} already defined by another manifest",
+                file_of(&pod),
+                pod.metadata.name.unwrap_or_default()
+            ));
+        }
+    }
+    snap
+}
+
+fn file_of(pod: &Pod) -> String {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_FILE))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The pods in one manifest file, named and stamped for this node.
+pub fn parse_file(path: &Path, text: &str, node_name: &str) -> Result<Vec<Pod>> {
+    let invalid = |reason: String| Error::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut docs: Vec<serde_json::Value> = vec![];
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let value = <serde_json::Value as serde::Deserialize>::deserialize(doc)
+            .map_err(|e| invalid(format!("not YAML or JSON: {e}")))?;
+        if value.is_null() {
+            continue;
+        }
+        match value.get("kind").and_then(|k| k.as_str()) {
+            Some("List" | "PodList") => {
+                let items = value
+                    .get("items")
+                    .and_then(|i| i.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                docs.extend(items);
+            }
+            _ => docs.push(value),
+        }
+    }
+    if docs.is_empty() {
+        return Err(invalid("no pod in the file".into()));
+    }
+    docs.into_iter()
+        .map(|doc| pod_of(doc, path, node_name).map_err(invalid))
+        .collect()
+}
+
+fn pod_of(doc: serde_json::Value, path: &Path, node_name: &str) -> Result<Pod, String> {
+    match (
+        doc.get("apiVersion").and_then(|v| v.as_str()),
+        doc.get("kind").and_then(|v| v.as_str()),
+    ) {
+        (Some("v1"), Some("Pod")) => {}
+        (api, kind) => {
+            return Err(format!(
+                "expected apiVersion v1, kind Pod; got {}, {}",
+                api.unwrap_or("no apiVersion"),
+                kind.unwrap_or("no kind")
+            ));
+        }
+    }
+    let canonical = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+    let mut pod: Pod = serde_json::from_value(doc).map_err(|e| format!("not a valid pod: {e}"))?;
+    let name = pod
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or("pod has no metadata.name")?;
+    let spec = pod.spec.as_mut().ok_or("pod has no spec")?;
+    if spec.containers.is_empty() {
+        return Err(format!("pod {name} has no containers"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+    {
+        if c.name.is_empty() {
+            return Err(format!("pod {name}: a container has no name"));
+        }
+        if !seen.insert(c.name.clone()) {
+            return Err(format!(
+                "pod {name}: container name {} is used twice",
+                c.name
+            ));
+        }
+        if c.image.as_deref().unwrap_or_default().is_empty() {
+            return Err(format!("pod {name}: container {} has no image", c.name));
+        }
+    }
+    spec.node_name = Some(node_name.to_string());
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(node_name.as_bytes());
+    hasher.update([0]);
+    hasher.update(path.to_string_lossy().as_bytes());
+    hasher.update([0]);
+    hasher.update(&canonical);
+    let uid = hex::encode(&hasher.finalize()[..16]);
+    pod.metadata.name = Some(pods::translate::static_pod_name(&name, node_name));
+    pod.metadata.namespace = Some(namespace);
+    pod.metadata.uid = Some(uid.clone());
+    let annotations = pod
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default);
+    annotations.insert(ANNOTATION_SOURCE.into(), "file".into());
+    annotations.insert(ANNOTATION_HASH.into(), uid);
+    annotations.insert(ANNOTATION_FILE.into(), path.display().to_string());
+    Ok(pod)
+}
+
+/// Watches `dir` (inotify) and publishes a new snapshot after every change. Events
+/// closer than `settle` apart are taken together (an editor's save is several events).
+pub fn watch(
+    dir: PathBuf,
+    node_name: String,
+    settle: Duration,
+) -> Result<(watch::Receiver<Snapshot>, notify::RecommendedWatcher)> {
+    let (tx, rx) = watch::channel(load_dir(&dir, &node_name));
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Our own reads of the manifests are events too (open, access, close without
+        // writing): only changes count.
+        let change = match ev {
+            Ok(ev) => !matches!(ev.kind, notify::EventKind::Access(_)),
+            Err(_) => true,
+        };
+        if change {
+            let _ = ev_tx.send(());
+        }
+    })
+    .map_err(|source| Error::Watch {
+        path: dir.clone(),
+        source,
+    })?;
+    // Watch the parent too, so a directory that appears later (or is replaced) is seen.
+    let _ = std::fs::create_dir_all(&dir);
+    watcher
+        .watch(&dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|source| Error::Watch {
+            path: dir.clone(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        while ev_rx.recv().await.is_some() {
+            // Let a burst of events settle, then reload once.
+            loop {
+                match tokio::time::timeout(settle, ev_rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            let snap = load_dir(&dir, &node_name);
+            for e in &snap.errors {
+                tracing::warn!(error = %e, "static pod manifest not used");
+            }
+            if tx.send(snap).is_err() {
+                return;
+            }
+        }
+    });
+    Ok((rx, watcher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Pod>> {
+        parse_file(Path::new("/etc/pods/web.yaml"), text, "node1")
+    }
+
+    const WEB: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  containers:\n  - name: c\n    image: busybox\n";
+
+    #[test]
+    fn names_uids_and_annotations() -> Result<()> {
+        let pods = parse(WEB)?;
+        assert_eq!(pods.len(), 1);
+        let p = &pods[0];
+        assert_eq!(p.metadata.name.as_deref(), Some("web-node1"));
+        assert_eq!(p.metadata.namespace.as_deref(), Some("default"));
+        let spec = p.spec.clone().unwrap_or_default();
+        assert_eq!(spec.node_name.as_deref(), Some("node1"));
+        let uid = p.metadata.uid.clone().unwrap_or_default();
+        assert_eq!(uid.len(), 32);
+        assert_eq!(
+            parse(WEB)?[0].metadata.uid.as_deref(),
+            Some(uid.as_str()),
+            "stable"
+        );
+        let changed = parse(&WEB.replace("busybox", "busybox:1"))?;
+        assert_ne!(
+            changed[0].metadata.uid.as_deref(),
+            Some(uid.as_str()),
+            "changes with the manifest"
+        );
+        let ann = p.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(ann.get(ANNOTATION_SOURCE).map(String::as_str), Some("file"));
+        Ok(())
+    }
+
+    #[test]
+    fn several_pods_per_file() -> Result<()> {
+        let multi = format!("{WEB}---\n{}", WEB.replace("name: web", "name: api"));
+        assert_eq!(parse(&multi)?.len(), 2);
+        let list = r#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"v1","kind":"Pod","metadata":{"name":"a"},"spec":{"containers":[{"name":"c","image":"x"}]}},
+            {"apiVersion":"v1","kind":"Pod","metadata":{"name":"b","namespace":"kube-system"},"spec":{"containers":[{"name":"c","image":"x"}]}}]}"#;
+        let pods = parse(list)?;
+        assert_eq!(pods[1].metadata.namespace.as_deref(), Some("kube-system"));
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_manifests_say_why() {
+        let cases = [
+            ("", "no pod"),
+            (
+                "kind: Deployment\napiVersion: apps/v1\n",
+                "expected apiVersion v1, kind Pod",
+            ),
+            (
+                "apiVersion: v1\nkind: Pod\nspec:\n  containers: []\n",
+                "no metadata.name",
+            ),
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: []\n",
+                "no containers",
+            ),
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: [{name: a, image: i}, {name: a, image: i}]\n",
+                "used twice",
+            ),
+            (
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\nspec:\n  containers: [{name: a}]\n",
+                "no image",
+            ),
+            ("{ not: [valid", "not YAML or JSON"),
+        ];
+        for (text, want) in cases {
+            match parse(text) {
+                Ok(p) => panic!("{text:?} parsed to {} pods", p.len()),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains(want) && msg.contains("web.yaml"),
+                        "{text:?}: {msg}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn directory_snapshot_skips_bad_and_dot_files() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("a.yaml"), WEB)?;
+        std::fs::write(dir.path().join("b.yaml"), "kind: Nope")?;
+        std::fs::write(dir.path().join(".swp"), "garbage")?;
+        std::fs::write(
+            dir.path().join("c.json"),
+            WEB.replace("name: web", "name: api"),
+        )?;
+        let snap = load_dir(dir.path(), "n");
+        assert_eq!(snap.pods.len(), 2, "{:?}", snap.errors);
+        assert_eq!(snap.errors.len(), 1);
+        assert!(snap.errors[0].contains("b.yaml"));
+        // The same pod name in two files: the first file wins.
+        std::fs::write(
+            dir.path().join("d.yaml"),
+            WEB.replace("image: busybox", "image: other"),
+        )?;
+        let snap = load_dir(dir.path(), "n");
+        assert_eq!(snap.pods.len(), 2);
+        assert!(
+            snap.errors.iter().any(|e| e.contains("d.yaml")),
+            "{:?}",
+            snap.errors
+        );
+        assert!(load_dir(&dir.path().join("missing"), "n").pods.is_empty());
+        Ok(())
+    }
+}

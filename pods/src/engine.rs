@@ -1,0 +1,812 @@
+//! The engine: one worker per pod UID carrying plans out through a CRI runtime.
+//!
+//! - Desired pods arrive through [`Engine::set_pods`] (any source); each UID's worker is
+//!   fed by a `watch` channel, so the newest desired state wins and pods never wait on
+//!   each other.
+//! - A worker syncs when its desired pod changes, when the runtime reports an event for
+//!   one of its containers (`GetContainerEvents`), when a probe result changes, or when a
+//!   backoff expires — never on a polling timer. If the event stream breaks, every worker
+//!   relists once and the stream is reopened.
+//! - A sync observes the runtime, asks the pure planner what to do, does it, and
+//!   computes the pod's status from what the runtime then reports.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use proto::v1;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::backoff::BackoffPolicy;
+use crate::cri::Cri;
+use crate::probe::{Kind, ProbeUpdate, Prober};
+use crate::translate::{self, ContainerKind, NodeInfo};
+use crate::{LABEL_CONTAINER_NAME, Observed, handlers, plan, status, volumes};
+
+/// What the engine needs to know about the node and where it keeps files.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node: NodeInfo,
+    /// Per-pod directories (`<root>/pods/<uid>/volumes`).
+    pub root_dir: PathBuf,
+    /// Container logs (`<log_root>/<ns>_<name>_<uid>/<container>/<n>.log`).
+    pub log_root: PathBuf,
+    /// Prefix of container ids in the status (`containerd://…`).
+    pub runtime_name: String,
+}
+
+/// A pod as the engine last saw it, with its computed status.
+pub type PodViews = BTreeMap<String, Pod>;
+
+#[derive(Default)]
+struct ProbeState {
+    ready: HashSet<String>,
+    started: HashSet<String>,
+    liveness_failed: HashSet<String>,
+    startup_failed: HashSet<String>,
+}
+
+struct Worker {
+    desired: watch::Sender<Option<Pod>>,
+    wake: Arc<Notify>,
+}
+
+struct Inner {
+    cri: Cri,
+    cfg: EngineConfig,
+    workers: Mutex<HashMap<String, Worker>>,
+    views: watch::Sender<PodViews>,
+    probes: Mutex<HashMap<String, ProbeState>>,
+    prober: Mutex<Prober>,
+}
+
+/// The pod lifecycle engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts the engine's background tasks (runtime events, probe results).
+    pub fn start(cri: Cri, cfg: EngineConfig) -> Self {
+        let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            prober: Mutex::new(Prober::new(cri.clone(), probe_tx)),
+            cri,
+            cfg,
+            workers: Mutex::default(),
+            views: watch::channel(PodViews::new()).0,
+            probes: Mutex::default(),
+        });
+        tokio::spawn(events(Arc::clone(&inner)));
+        tokio::spawn(probe_results(Arc::clone(&inner), probe_rx));
+        Self { inner }
+    }
+
+    /// The whole desired set from a source: new pods get a worker, changed ones are
+    /// handed to theirs, and pods no longer desired are terminated.
+    pub fn set_pods(&self, desired: &BTreeMap<String, Pod>) {
+        let mut workers = lock(&self.inner.workers);
+        for (uid, pod) in desired {
+            match workers.get(uid) {
+                Some(w) => {
+                    w.desired.send_if_modified(|cur| {
+                        if cur.as_ref() == Some(pod) {
+                            false
+                        } else {
+                            *cur = Some(pod.clone());
+                            true
+                        }
+                    });
+                }
+                None => {
+                    let (tx, rx) = watch::channel(Some(pod.clone()));
+                    let wake = Arc::new(Notify::new());
+                    tokio::spawn(worker(
+                        Arc::clone(&self.inner),
+                        uid.clone(),
+                        rx,
+                        wake.clone(),
+                    ));
+                    workers.insert(uid.clone(), Worker { desired: tx, wake });
+                }
+            }
+        }
+        for (uid, w) in workers.iter() {
+            if !desired.contains_key(uid) {
+                w.desired.send_if_modified(|cur| cur.take().is_some());
+            }
+        }
+    }
+
+    /// Adopts pods the runtime still runs from an earlier life of the agent: those not
+    /// in `desired` are terminated by a worker of their own.
+    pub async fn adopt_orphans(&self, desired: &BTreeMap<String, Pod>) -> crate::cri::Result<()> {
+        let running = self.inner.cri.observe_all().await?;
+        let mut workers = lock(&self.inner.workers);
+        for uid in running.keys() {
+            if desired.contains_key(uid) || workers.contains_key(uid) {
+                continue;
+            }
+            tracing::info!(pod.uid = %uid, "terminating a pod that is no longer desired");
+            let (tx, rx) = watch::channel(None);
+            let wake = Arc::new(Notify::new());
+            tokio::spawn(worker(
+                Arc::clone(&self.inner),
+                uid.clone(),
+                rx,
+                wake.clone(),
+            ));
+            workers.insert(uid.clone(), Worker { desired: tx, wake });
+        }
+        Ok(())
+    }
+
+    /// The pods and their statuses, updated after every sync.
+    pub fn views(&self) -> watch::Receiver<PodViews> {
+        self.inner.views.subscribe()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runtime events → the worker of the pod they concern.
+async fn events(inner: Arc<Inner>) {
+    let mut retry = Duration::from_millis(200);
+    loop {
+        let mut rt = inner.cri.runtime.clone();
+        match rt.get_container_events(v1::GetEventsRequest {}).await {
+            Ok(stream) => {
+                retry = Duration::from_millis(200);
+                // Whatever happened while the stream was down is picked up by a relist.
+                wake_all(&inner);
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(ev)) => {
+                            let uid = ev
+                                .pod_sandbox_status
+                                .as_ref()
+                                .and_then(|s| s.labels.get(crate::LABEL_POD_UID))
+                                .cloned()
+                                .unwrap_or_default();
+                            if let Some(w) = lock(&inner.workers).get(&uid) {
+                                w.wake.notify_one();
+                            }
+                        }
+                        Ok(None) => {
+                            tracing::warn!("container event stream ended; relisting");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(err = %e, "container event stream broke; relisting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(err = %e, retry_in = ?retry, "cannot open the container event stream");
+            }
+        }
+        wake_all(&inner);
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(Duration::from_secs(10));
+    }
+}
+
+fn wake_all(inner: &Inner) {
+    for w in lock(&inner.workers).values() {
+        w.wake.notify_one();
+    }
+}
+
+/// Probe results → the probe state of the pod, and a sync of its worker.
+async fn probe_results(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<ProbeUpdate>) {
+    while let Some(u) = rx.recv().await {
+        {
+            let mut probes = lock(&inner.probes);
+            let st = probes.entry(u.pod_uid.clone()).or_default();
+            let set = match u.kind {
+                Kind::Readiness => &mut st.ready,
+                Kind::Startup => &mut st.started,
+                Kind::Liveness => &mut st.liveness_failed,
+            };
+            // Readiness and startup sets hold successes, liveness holds failures.
+            let member = match u.kind {
+                Kind::Liveness => !u.result,
+                _ => u.result,
+            };
+            if member {
+                set.insert(u.container_id.clone());
+            } else {
+                set.remove(&u.container_id);
+            }
+            if matches!(u.kind, Kind::Startup) && !u.result {
+                st.startup_failed.insert(u.container_id.clone());
+            }
+            tracing::info!(pod.uid = %u.pod_uid, container = %u.container_name, kind = ?u.kind, success = u.result, "probe result changed");
+        }
+        if let Some(w) = lock(&inner.workers).get(&u.pod_uid) {
+            w.wake.notify_one();
+        }
+    }
+}
+
+/// Per-pod memory of a worker between syncs.
+#[derive(Default)]
+struct PodMemory {
+    backoff: HashMap<String, crate::Backoff>,
+    /// Why a container is not running: ErrImagePull, ImagePullBackOff, CrashLoopBackOff…
+    waiting: HashMap<String, (String, String)>,
+    image_backoff: HashMap<String, crate::Backoff>,
+    status: Option<PodStatus>,
+    post_start_done: HashSet<String>,
+}
+
+async fn worker(
+    inner: Arc<Inner>,
+    uid: String,
+    mut desired: watch::Receiver<Option<Pod>>,
+    wake: Arc<Notify>,
+) {
+    let mut mem = PodMemory::default();
+    loop {
+        let pod = desired.borrow_and_update().clone();
+        let requeue = match &pod {
+            Some(pod) => match sync(&inner, &uid, pod, &mut mem).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(pod.uid = %uid, err = %e, "pod sync failed; retrying");
+                    Some(Duration::from_secs(1))
+                }
+            },
+            None => match terminate(&inner, &uid, None).await {
+                Ok(()) => {
+                    lock(&inner.workers).remove(&uid);
+                    lock(&inner.probes).remove(&uid);
+                    lock(&inner.prober).forget_pod(&uid);
+                    inner.views.send_modify(|v| {
+                        v.remove(&uid);
+                    });
+                    tracing::info!(pod.uid = %uid, "pod terminated and removed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(pod.uid = %uid, err = %e, "pod termination failed; retrying");
+                    Some(Duration::from_secs(1))
+                }
+            },
+        };
+        let timer = async {
+            match requeue {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return },
+            _ = wake.notified() => {}
+            _ = timer => {}
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Cri(#[from] crate::cri::Error),
+    #[error("{rpc} for pod {pod}: {status}")]
+    Rpc {
+        rpc: &'static str,
+        pod: String,
+        #[source]
+        status: tonic::Status,
+    },
+    #[error(transparent)]
+    Translate(#[from] translate::Error),
+    #[error(transparent)]
+    Volumes(#[from] volumes::Error),
+}
+
+fn rpc(rpc: &'static str, pod: &str) -> impl FnOnce(tonic::Status) -> SyncError {
+    let pod = pod.to_string();
+    move |status| SyncError::Rpc { rpc, pod, status }
+}
+
+fn pod_name(pod: &Pod) -> String {
+    format!(
+        "{}/{}",
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+        pod.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// One sync of one pod; returns when to sync again if nothing else happens.
+async fn sync(
+    inner: &Inner,
+    uid: &str,
+    pod: &Pod,
+    mem: &mut PodMemory,
+) -> Result<Option<Duration>, SyncError> {
+    let name = pod_name(pod);
+    if pod.metadata.deletion_timestamp.is_some() {
+        terminate(inner, uid, Some(pod)).await?;
+        publish(inner, uid, pod, mem, &Observed::default());
+        return Ok(None);
+    }
+    let observed = inner.cri.observe(uid).await?;
+    BackoffPolicy::default().record_exits(&mut mem.backoff, &observed);
+    let (liveness_failed, startup_failed) = {
+        let probes = lock(&inner.probes);
+        let st = probes.get(uid);
+        (
+            st.map(|s| s.liveness_failed.clone()).unwrap_or_default(),
+            st.map(|s| s.startup_failed.clone()).unwrap_or_default(),
+        )
+    };
+    let (_, started) = effective_probe_sets(inner, uid, pod, &observed);
+    let hash_of = |c: &Container| translate::container_hash(c);
+    let now = SystemTime::now();
+    let plan = plan::compute(&plan::Input {
+        pod,
+        observed: &observed,
+        hash_of: &hash_of,
+        backoff: &mem.backoff,
+        liveness_failed: &liveness_failed,
+        startup_failed: &startup_failed,
+        started: &started,
+        now,
+    });
+    tracing::debug!(pod = %name, ?plan, "plan");
+    let mut changed = false;
+
+    if plan.kill_pod {
+        kill_pod(inner, pod, &observed).await?;
+        changed = true;
+    }
+    if let Some(attempt) = plan.create_sandbox {
+        // Volumes exist before any container of the new sandbox needs them.
+        volumes::prepare(pod, &pod_dir(inner, uid), &inner.cfg.node)?;
+        let config = translate::sandbox_config(pod, &inner.cfg.node, attempt, &inner.cfg.log_root)?;
+        let handler = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.clone())
+            .unwrap_or_default();
+        tracing::info!(pod = %name, attempt, "creating pod sandbox");
+        inner
+            .cri
+            .runtime
+            .clone()
+            .run_pod_sandbox(v1::RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: handler,
+            })
+            .await
+            .map_err(rpc("RunPodSandbox", &name))?;
+        // The new sandbox's status (IP) drives what follows: sync again at once.
+        return Ok(Some(Duration::ZERO));
+    }
+    for k in &plan.kill {
+        tracing::info!(pod = %name, container = %k.name, reason = ?k.reason, "killing container");
+        kill_container(inner, pod, &k.container_id, &k.name).await?;
+        changed = true;
+    }
+    for w in &plan.waiting {
+        mem.waiting
+            .insert(w.name.clone(), (w.reason.clone(), w.message.clone()));
+    }
+    if !plan.start.is_empty() {
+        let sandbox = observed
+            .sandboxes
+            .iter()
+            .find(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
+            .cloned();
+        if let Some(sandbox) = sandbox {
+            let pod_ip = sandbox
+                .network
+                .as_ref()
+                .map(|n| n.ip.clone())
+                .unwrap_or_default();
+            let vols = volumes::prepare(pod, &pod_dir(inner, uid), &inner.cfg.node)?;
+            for s in &plan.start {
+                match start_container(inner, pod, &sandbox, &vols, s, &pod_ip, mem).await {
+                    Ok(()) => {
+                        mem.waiting.remove(&s.name);
+                        changed = true;
+                    }
+                    Err(reason) => {
+                        tracing::warn!(pod = %name, container = %s.name, reason = %reason.0, message = %reason.1, "container not started");
+                        mem.waiting.insert(s.name.clone(), reason);
+                        // Init containers run one at a time: stop at the first failure.
+                        if !matches!(s.kind, ContainerKind::Regular) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let observed = if changed {
+        inner.cri.observe(uid).await?
+    } else {
+        observed
+    };
+    // Probes follow the running containers.
+    let running: Vec<(String, String, SystemTime)> = observed
+        .containers
+        .iter()
+        .filter(|c| c.state == v1::ContainerState::ContainerRunning as i32)
+        .map(|c| {
+            (
+                c.labels
+                    .get(LABEL_CONTAINER_NAME)
+                    .cloned()
+                    .unwrap_or_default(),
+                c.id.clone(),
+                SystemTime::UNIX_EPOCH + Duration::from_nanos(c.started_at.max(0) as u64),
+            )
+        })
+        .collect();
+    let pod_ip = observed
+        .sandboxes
+        .first()
+        .and_then(|s| s.network.as_ref())
+        .map(|n| n.ip.clone())
+        .unwrap_or_default();
+    lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
+    publish(inner, uid, pod, mem, &observed);
+    Ok(plan.requeue_after)
+}
+
+/// Ready and started container ids: a running container without a readiness (startup)
+/// probe counts as ready (started); with one, as its probe last said.
+fn effective_probe_sets(
+    inner: &Inner,
+    uid: &str,
+    pod: &Pod,
+    observed: &Observed,
+) -> (HashSet<String>, HashSet<String>) {
+    let probes = lock(&inner.probes);
+    let st = probes.get(uid);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut ready = HashSet::new();
+    let mut started = HashSet::new();
+    for c in &observed.containers {
+        if c.state != v1::ContainerState::ContainerRunning as i32 {
+            continue;
+        }
+        let name = c
+            .labels
+            .get(LABEL_CONTAINER_NAME)
+            .cloned()
+            .unwrap_or_default();
+        let Some(spec_c) = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .find(|x| x.name == name)
+        else {
+            continue;
+        };
+        let has_started =
+            spec_c.startup_probe.is_none() || st.is_some_and(|s| s.started.contains(&c.id));
+        if has_started {
+            started.insert(c.id.clone());
+        }
+        if has_started
+            && (spec_c.readiness_probe.is_none() || st.is_some_and(|s| s.ready.contains(&c.id)))
+        {
+            ready.insert(c.id.clone());
+        }
+    }
+    (ready, started)
+}
+
+fn pod_dir(inner: &Inner, uid: &str) -> PathBuf {
+    inner.cfg.root_dir.join("pods").join(uid).join("volumes")
+}
+
+/// Computes the status and publishes the pod with it; logs phase transitions.
+fn publish(inner: &Inner, uid: &str, pod: &Pod, mem: &mut PodMemory, observed: &Observed) {
+    let (ready, started) = effective_probe_sets(inner, uid, pod, observed);
+    let st = status::compute(&status::StatusInput {
+        pod,
+        observed,
+        ready: &ready,
+        started: &started,
+        waiting: &mem.waiting,
+        host_ip: &inner.cfg.node.host_ip,
+        runtime_name: &inner.cfg.runtime_name,
+        now: SystemTime::now(),
+        previous: mem.status.as_ref(),
+    });
+    let before = mem.status.as_ref().and_then(|s| s.phase.clone());
+    if before != st.phase {
+        tracing::info!(pod = %pod_name(pod), from = ?before, to = ?st.phase, "pod phase");
+    }
+    mem.status = Some(st.clone());
+    let mut view = pod.clone();
+    view.status = Some(st);
+    inner.views.send_modify(|v| {
+        v.insert(uid.to_string(), view);
+    });
+}
+
+/// Pulls the image as the pull policy says, creates and starts one container, runs its
+/// postStart hook. Errors come back as the waiting reason and message.
+async fn start_container(
+    inner: &Inner,
+    pod: &Pod,
+    sandbox: &v1::PodSandboxStatus,
+    vols: &volumes::PreparedVolumes,
+    s: &plan::Start,
+    pod_ip: &str,
+    mem: &mut PodMemory,
+) -> Result<(), (String, String)> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let container = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == s.name)
+        .cloned()
+        .ok_or_else(|| {
+            (
+                "CreateContainerConfigError".to_string(),
+                format!("no container {} in the pod", s.name),
+            )
+        })?;
+    let image_ref = ensure_image(inner, &container, mem).await?;
+    let mounts = volumes::mounts_for(&container, vols)
+        .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+    let config = translate::container_config(
+        pod,
+        &container,
+        s.kind,
+        s.attempt,
+        &image_ref,
+        mounts,
+        &inner.cfg.node,
+        pod_ip,
+    )
+    .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+    let sandbox_config = translate::sandbox_config(
+        pod,
+        &inner.cfg.node,
+        sandbox
+            .metadata
+            .as_ref()
+            .map(|m| m.attempt)
+            .unwrap_or_default(),
+        &inner.cfg.log_root,
+    )
+    .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+    let mut rt = inner.cri.runtime.clone();
+    let id = rt
+        .create_container(v1::CreateContainerRequest {
+            pod_sandbox_id: sandbox.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config),
+        })
+        .await
+        .map_err(|e| ("CreateContainerError".to_string(), e.message().to_string()))?
+        .into_inner()
+        .container_id;
+    rt.start_container(v1::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .map_err(|e| ("RunContainerError".to_string(), e.message().to_string()))?;
+    tracing::info!(pod = %pod_name(pod), container = %s.name, attempt = s.attempt, container.id = %id, "container started");
+    if let Some(hook) = container
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.post_start.clone())
+    {
+        let target = handlers::Target {
+            cri: &inner.cri,
+            container_id: &id,
+            pod_ip,
+            host_network: spec.host_network.unwrap_or(false),
+        };
+        let budget = Duration::from_secs(grace_seconds(pod));
+        if let handlers::Outcome::Failure(msg) =
+            handlers::lifecycle(&target, &hook, &container, budget).await
+        {
+            tracing::warn!(pod = %pod_name(pod), container = %s.name, %msg, "postStart hook failed; killing the container");
+            let _ = rt
+                .stop_container(v1::StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 0,
+                })
+                .await;
+            return Err(("PostStartHookError".into(), msg));
+        }
+        mem.post_start_done.insert(id);
+    }
+    Ok(())
+}
+
+/// The image a container runs, pulled per its pull policy; an image that failed to pull
+/// is retried only after its backoff (ImagePullBackOff).
+async fn ensure_image(
+    inner: &Inner,
+    c: &Container,
+    mem: &mut PodMemory,
+) -> Result<String, (String, String)> {
+    let image = c.image.clone().unwrap_or_default();
+    let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
+        if image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or_default().contains(':')
+        {
+            "Always".into()
+        } else {
+            "IfNotPresent".into()
+        }
+    });
+    let spec = v1::ImageSpec {
+        image: image.clone(),
+        ..Default::default()
+    };
+    let mut images = inner.cri.images.clone();
+    let present = images
+        .image_status(v1::ImageStatusRequest {
+            image: Some(spec.clone()),
+            verbose: false,
+        })
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().image)
+        .map(|i| i.id);
+    match (policy.as_str(), present) {
+        ("Never", None) => {
+            return Err((
+                "ErrImageNeverPull".into(),
+                format!("container image {image:?} is not present with pull policy of Never"),
+            ));
+        }
+        ("Never" | "IfNotPresent", Some(id)) => return Ok(id),
+        _ => {}
+    }
+    if let Some(b) = mem.image_backoff.get(&image)
+        && SystemTime::now() < b.last_finish + b.delay
+    {
+        return Err((
+            "ImagePullBackOff".into(),
+            format!("back-off pulling image {image:?}"),
+        ));
+    }
+    tracing::info!(image = %image, "pulling image");
+    match images
+        .pull_image(v1::PullImageRequest {
+            image: Some(spec),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await
+    {
+        Ok(r) => {
+            mem.image_backoff.remove(&image);
+            Ok(r.into_inner().image_ref)
+        }
+        Err(e) => {
+            let prev = mem.image_backoff.get(&image).copied();
+            let next = BackoffPolicy::default().next(prev, SystemTime::now(), Duration::ZERO);
+            mem.image_backoff.insert(image.clone(), next);
+            Err(("ErrImagePull".into(), e.message().to_string()))
+        }
+    }
+}
+
+fn grace_seconds(pod: &Pod) -> u64 {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30)
+        .max(0) as u64
+}
+
+/// Runs the container's preStop hook within the grace period, then stops it with what
+/// is left of the period.
+async fn kill_container(inner: &Inner, pod: &Pod, id: &str, name: &str) -> Result<(), SyncError> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let grace = Duration::from_secs(grace_seconds(pod));
+    let started = std::time::Instant::now();
+    let container = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == name);
+    if let Some(hook) = container.and_then(|c| c.lifecycle.as_ref()?.pre_stop.clone())
+        && let Some(c) = container
+    {
+        let target = handlers::Target {
+            cri: &inner.cri,
+            container_id: id,
+            pod_ip: "",
+            host_network: spec.host_network.unwrap_or(false),
+        };
+        if let handlers::Outcome::Failure(msg) = handlers::lifecycle(&target, &hook, c, grace).await
+        {
+            tracing::warn!(pod = %pod_name(pod), container = %name, %msg, "preStop hook failed");
+        }
+    }
+    let left = grace.saturating_sub(started.elapsed());
+    inner
+        .cri
+        .runtime
+        .clone()
+        .stop_container(v1::StopContainerRequest {
+            container_id: id.into(),
+            timeout: left.as_secs() as i64,
+        })
+        .await
+        .map_err(rpc("StopContainer", &pod_name(pod)))?;
+    Ok(())
+}
+
+/// Stops every running container (in parallel, each with its preStop hook and the
+/// grace period) and the pod's sandboxes.
+async fn kill_pod(inner: &Inner, pod: &Pod, observed: &Observed) -> Result<(), SyncError> {
+    let live: Vec<(String, String)> = observed
+        .containers
+        .iter()
+        .filter(|c| {
+            c.state == v1::ContainerState::ContainerRunning as i32
+                || c.state == v1::ContainerState::ContainerCreated as i32
+        })
+        .map(|c| {
+            (
+                c.id.clone(),
+                c.labels
+                    .get(LABEL_CONTAINER_NAME)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    let kills = live
+        .iter()
+        .map(|(id, name)| kill_container(inner, pod, id, name));
+    for r in futures::future::join_all(kills).await {
+        r?;
+    }
+    let mut rt = inner.cri.runtime.clone();
+    for sb in &observed.sandboxes {
+        if sb.state == v1::PodSandboxState::SandboxReady as i32 {
+            rt.stop_pod_sandbox(v1::StopPodSandboxRequest {
+                pod_sandbox_id: sb.id.clone(),
+            })
+            .await
+            .map_err(rpc("StopPodSandbox", &pod_name(pod)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Terminates a pod that is no longer desired (or is being deleted): kill everything,
+/// remove its sandboxes and containers, clean its volumes.
+async fn terminate(inner: &Inner, uid: &str, pod: Option<&Pod>) -> Result<(), SyncError> {
+    let observed = inner.cri.observe(uid).await?;
+    let fallback = Pod::default();
+    let pod = pod.unwrap_or(&fallback);
+    kill_pod(inner, pod, &observed).await?;
+    let mut rt = inner.cri.runtime.clone();
+    for sb in &observed.sandboxes {
+        rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+            pod_sandbox_id: sb.id.clone(),
+        })
+        .await
+        .map_err(rpc("RemovePodSandbox", uid))?;
+    }
+    volumes::cleanup(&pod_dir(inner, uid))?;
+    Ok(())
+}
