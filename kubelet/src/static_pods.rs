@@ -407,4 +407,51 @@ mod tests {
         assert!(load_dir(&dir.path().join("missing"), "n").pods.is_empty());
         Ok(())
     }
+
+    /// The manifests we ship parse, and every pod in them translates to CRI configs.
+    #[test]
+    fn shipped_manifests_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+        let node = pods::translate::NodeInfo {
+            node_name: "n".into(),
+            host_ip: "192.0.2.1".into(),
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            cgroup_root: "/kubepods".into(),
+            cluster_dns: vec![],
+            cluster_domain: String::new(),
+            host_dns: None,
+            seccomp_profile_root: "/var/lib/nodelet/kubelet/seccomp".into(),
+            seccomp_default: false,
+        };
+        let mut count = 0;
+        for dir in [root.join("example"), root.join("demo")] {
+            let snap = load_dir(&dir, "n");
+            assert!(
+                snap.errors.is_empty(),
+                "{}: {:?}",
+                dir.display(),
+                snap.errors
+            );
+            for pod in snap.pods.values() {
+                count += 1;
+                let sb = pods::translate::sandbox_config(pod, &node, 0, Path::new("/var/log/pods"));
+                assert!(sb.is_ok(), "{:?}: {sb:?}", pod.metadata.name);
+                for (kind, c) in pods::translate::containers(pod) {
+                    let cc = pods::translate::container_config(
+                        pod,
+                        c,
+                        kind,
+                        0,
+                        "sha256:00",
+                        vec![],
+                        &node,
+                        "10.0.0.2",
+                    );
+                    assert!(cc.is_ok(), "{:?}/{}: {cc:?}", pod.metadata.name, c.name);
+                }
+            }
+        }
+        assert!(count >= 4, "the example and the three demo pods");
+    }
 }

@@ -326,18 +326,40 @@ fn pod_name(pod: &Pod) -> String {
     )
 }
 
-/// One sync of one pod; returns when to sync again if nothing else happens.
+/// One sync of one pod; returns when to sync again if nothing else happens. A sync
+/// that created the sandbox goes on at once with the containers, as one sync.
 async fn sync(
     inner: &Inner,
     uid: &str,
     pod: &Pod,
     mem: &mut PodMemory,
 ) -> Result<Option<Duration>, SyncError> {
+    for _ in 0..2 {
+        if let Step::Done(requeue) = sync_once(inner, uid, pod, mem).await? {
+            return Ok(requeue);
+        }
+    }
+    Ok(Some(Duration::ZERO))
+}
+
+enum Step {
+    /// Observe and plan again right away (the sandbox was just created).
+    Again,
+    /// Sync again after this long, or on the next event.
+    Done(Option<Duration>),
+}
+
+async fn sync_once(
+    inner: &Inner,
+    uid: &str,
+    pod: &Pod,
+    mem: &mut PodMemory,
+) -> Result<Step, SyncError> {
     let name = pod_name(pod);
     if pod.metadata.deletion_timestamp.is_some() {
         terminate(inner, uid, Some(pod)).await?;
         publish(inner, uid, pod, mem, &Observed::default());
-        return Ok(None);
+        return Ok(Step::Done(None));
     }
     let observed = inner.cri.observe(uid).await?;
     BackoffPolicy::default().record_exits(&mut mem.backoff, &observed);
@@ -389,8 +411,8 @@ async fn sync(
             })
             .await
             .map_err(rpc("RunPodSandbox", &name))?;
-        // The new sandbox's status (IP) drives what follows: sync again at once.
-        return Ok(Some(Duration::ZERO));
+        // The new sandbox's status (IP) drives what follows.
+        return Ok(Step::Again);
     }
     for k in &plan.kill {
         tracing::info!(pod = %name, container = %k.name, reason = ?k.reason, "killing container");
@@ -461,7 +483,7 @@ async fn sync(
         .unwrap_or_default();
     lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
     publish(inner, uid, pod, mem, &observed);
-    Ok(plan.requeue_after)
+    Ok(Step::Done(plan.requeue_after))
 }
 
 /// Ready and started container ids: a running container without a readiness (startup)
