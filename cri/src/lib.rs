@@ -10,6 +10,7 @@ pub mod image_service;
 pub mod runtime;
 pub mod runtime_service;
 pub mod server;
+pub mod sys;
 pub mod streaming;
 
 pub use config::Config;
