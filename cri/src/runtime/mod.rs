@@ -57,10 +57,10 @@ pub struct SandboxFiles {
 pub mod cgroups;
 pub mod container_create;
 pub mod container_exec;
-pub mod container_stream;
 pub mod container_start;
 pub mod container_status;
 pub mod container_stop;
+pub mod container_stream;
 pub mod container_update;
 pub mod records;
 pub mod recover;
