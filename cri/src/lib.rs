@@ -10,8 +10,8 @@ pub mod image_service;
 pub mod runtime;
 pub mod runtime_service;
 pub mod server;
-pub mod sys;
 pub mod streaming;
+pub mod sys;
 
 pub use config::Config;
 pub use error::{Error, Result};
