@@ -255,8 +255,14 @@ async fn worker(
     wake: Arc<Notify>,
 ) {
     let mut mem = PodMemory::default();
+    // The pod last desired: its preStop hooks and grace period still apply when it is
+    // no longer desired.
+    let mut last: Option<Pod> = None;
     loop {
         let pod = desired.borrow_and_update().clone();
+        if pod.is_some() {
+            last.clone_from(&pod);
+        }
         let requeue = match &pod {
             Some(pod) => match sync(&inner, &uid, pod, &mut mem).await {
                 Ok(r) => r,
@@ -265,7 +271,7 @@ async fn worker(
                     Some(Duration::from_secs(1))
                 }
             },
-            None => match terminate(&inner, &uid, None).await {
+            None => match terminate(&inner, &uid, last.as_ref()).await {
                 Ok(()) => {
                     lock(&inner.workers).remove(&uid);
                     lock(&inner.probes).remove(&uid);
