@@ -5,6 +5,7 @@
 //! - [`malicious`]: hostile layer tars and a decompression bomb.
 //! - [`http`]: a tiny blocking HTTP client for reading the registry back.
 //! - [`cri`]: the `cri` binary and gRPC clients to it.
+//! - [`kubelet`]: the `kubelet` binary with static pods, its `/pods`, and its runtime.
 //!
 //! Errors are `anyhow`: the only callers are tests, which report them and never match.
 
@@ -12,6 +13,7 @@ pub mod bench;
 pub mod cri;
 pub mod http;
 pub mod image;
+pub mod kubelet;
 pub mod malicious;
 pub mod pods;
 pub mod registry;

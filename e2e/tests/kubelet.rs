@@ -1,0 +1,596 @@
+//! The kubelet in standalone mode, end to end, as root: the `kubelet` binary with a
+//! directory of static pod manifests and our CRI in-process (real runc, CNI on a bridge
+//! of the test's own). Each test is something a user of the node would notice, seen the
+//! way they would see it: `/pods`, the runtime (crictl's view, over CRI), files and logs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use e2e::kubelet::{
+    KubeletNode, condition, container, container_id, containers_of, phase, pod_ip, restart_count,
+    running_and_ready, sandboxes_of, uid, waiting_reason,
+};
+use e2e::pods::{BUSYBOX, exec, wait_for_text};
+use k8s_openapi::api::core::v1::Pod;
+use proto::v1;
+
+type R<T = ()> = anyhow::Result<T>;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A manifest with `IMAGE` standing for the preloaded busybox (never pulled).
+fn manifest(text: &str) -> String {
+    text.replace("IMAGE", BUSYBOX)
+}
+
+/// A pod with one busybox container running `script`.
+fn one_container(name: &str, script: &str) -> String {
+    manifest(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, {script:?}]
+"#
+    ))
+}
+
+/// A web server answering `hello from <name>` on port 8080.
+fn web(name: &str) -> String {
+    one_container(
+        name,
+        &format!("echo hello from {name} > /tmp/index.html; exec busybox httpd -f -p 8080 -h /tmp"),
+    )
+}
+
+/// GET http://<ip>:8080/index.html until it answers (bounded): the body.
+async fn fetch(ip: &str) -> R<String> {
+    let addr = format!("{ip}:8080");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match e2e::http::get(&addr, "/index.html", &[]) {
+            Ok(r) if r.status == 200 => return Ok(String::from_utf8_lossy(&r.body).into_owned()),
+            Ok(r) if Instant::now() > deadline => anyhow::bail!("{addr}: status {}", r.status),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn has_uid(pods: &[Pod], want: &str) -> bool {
+    pods.iter().any(|p| uid(p) == want)
+}
+
+#[tokio::test]
+async fn static_pods_come_up_running_and_ready() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest("web.yaml", &web("web"))?;
+    node.write_manifest("worker.yaml", &one_container("worker", "exec sleep 3600"))?;
+    let web = node.wait_ready("web", LIMIT).await?;
+    let worker = node.wait_ready("worker", LIMIT).await?;
+    let net = node.network().context("our runtime has a test network")?;
+
+    for pod in [&web, &worker] {
+        let status = pod.status.clone().unwrap_or_default();
+        for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+            assert_eq!(condition(pod, kind), "True", "{kind}: {status:?}");
+        }
+        let ip = pod_ip(pod);
+        assert!(net.contains(&ip), "pod ip {ip} in {}", net.subnet);
+        assert!(status.start_time.is_some() && status.host_ip.is_some());
+        let app = container(pod, "app").cloned().unwrap_or_default();
+        assert!(app.ready && app.started == Some(true), "{app:?}");
+        assert_eq!(app.restart_count, 0);
+        assert!(app.state.and_then(|s| s.running).is_some());
+        assert_eq!(app.image, BUSYBOX);
+    }
+    assert_ne!(
+        pod_ip(&web),
+        pod_ip(&worker),
+        "every pod has its own address"
+    );
+
+    // The runtime runs what /pods reports: one ready sandbox, the container running.
+    let mut c = node.runtime().await?;
+    let sandboxes = sandboxes_of(&mut c, &uid(&web)).await?;
+    assert_eq!(sandboxes.len(), 1);
+    assert_eq!(sandboxes[0].state, v1::PodSandboxState::SandboxReady as i32);
+    assert_eq!(
+        sandboxes[0].metadata.clone().unwrap_or_default().name,
+        "web-testnode"
+    );
+    let containers = containers_of(&mut c, &uid(&web)).await?;
+    assert_eq!(containers.len(), 1);
+    assert_eq!(containers[0].id, container_id(&web, "app"));
+    assert_eq!(
+        containers[0].state,
+        v1::ContainerState::ContainerRunning as i32
+    );
+
+    // And the web server answers on its pod address.
+    assert_eq!(fetch(&pod_ip(&web)).await?.trim(), "hello from web");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_changed_manifest_replaces_its_pod() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "app.yaml",
+        &one_container("app", "echo version one; exec sleep 3600"),
+    )?;
+    let old = node.wait_ready("app", LIMIT).await?;
+    let mut c = node.runtime().await?;
+    let old_sandbox = sandboxes_of(&mut c, &uid(&old)).await?;
+    assert_eq!(old_sandbox.len(), 1);
+
+    node.write_manifest(
+        "app.yaml",
+        &one_container("app", "echo version two; exec sleep 3600"),
+    )?;
+    let new = node
+        .wait_pod("app", LIMIT, |p| {
+            uid(p) != uid(&old) && running_and_ready(p)
+        })
+        .await?;
+    // The old pod is gone from /pods and from the runtime, sandbox and containers.
+    node.wait_for(LIMIT, |pods| !has_uid(pods, &uid(&old)))
+        .await?;
+    assert!(sandboxes_of(&mut c, &uid(&old)).await?.is_empty());
+    assert!(containers_of(&mut c, &uid(&old)).await?.is_empty());
+    let err = c
+        .pod_sandbox_status(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: old_sandbox[0].id.clone(),
+            verbose: false,
+        })
+        .await
+        .expect_err("the old sandbox is removed");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    // The new pod runs the new command.
+    let log = node.container_log(&new, "app", 0);
+    wait_for_text(&log, "version two", LIMIT).await?;
+    assert_eq!(sandboxes_of(&mut c, &uid(&new)).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_removed_manifest_stops_and_removes_its_pod() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest("gone.yaml", &one_container("gone", "exec sleep 3600"))?;
+    node.write_manifest("stays.yaml", &one_container("stays", "exec sleep 3600"))?;
+    let gone = node.wait_ready("gone", LIMIT).await?;
+    let stays = node.wait_ready("stays", LIMIT).await?;
+
+    node.remove_manifest("gone.yaml")?;
+    let pods = node
+        .wait_for(LIMIT, |pods| !has_uid(pods, &uid(&gone)))
+        .await?;
+    assert_eq!(pods.len(), 1);
+    let mut c = node.runtime().await?;
+    assert!(sandboxes_of(&mut c, &uid(&gone)).await?.is_empty());
+    assert!(containers_of(&mut c, &uid(&gone)).await?.is_empty());
+
+    // The other pod was not touched.
+    let now = node.wait_ready("stays", LIMIT).await?;
+    assert_eq!(container_id(&now, "app"), container_id(&stays, "app"));
+    assert_eq!(restart_count(&now, "app"), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_invalid_manifest_is_reported_and_the_others_run() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest("good.yaml", &one_container("good", "exec sleep 3600"))?;
+    node.write_manifest(
+        "deployment.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: nope\n",
+    )?;
+    node.write_manifest("broken.yaml", "{ not: [valid")?;
+    let good = node.wait_ready("good", LIMIT).await?;
+
+    // The operator reads why each file was not used.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let log = node.log_text();
+        let reported = log.lines().any(|l| {
+            l.contains("deployment.yaml") && l.contains("expected apiVersion v1, kind Pod")
+        }) && log
+            .lines()
+            .any(|l| l.contains("broken.yaml") && l.contains("not YAML or JSON"));
+        if reported {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not reported; log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(node.pods()?.len(), 1, "only the valid pod runs");
+
+    // Fixing the file brings its pod up; the good pod runs on untouched.
+    node.write_manifest("broken.yaml", &one_container("fixed", "exec sleep 3600"))?;
+    node.wait_ready("fixed", LIMIT).await?;
+    let now = node.wait_ready("good", LIMIT).await?;
+    assert_eq!(container_id(&now, "app"), container_id(&good, "app"));
+    assert_eq!(restart_count(&now, "app"), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crashing_container_backs_off_with_growing_delays() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "crash.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: crash
+spec:
+  restartPolicy: Always
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "echo crashing; exit 1"]
+"#,
+        ),
+    )?;
+    let pod = node
+        .wait_pod("crash", Duration::from_secs(120), |p| {
+            restart_count(p, "app") >= 2 && waiting_reason(p, "app") == "CrashLoopBackOff"
+        })
+        .await?;
+    assert_eq!(
+        phase(&pod),
+        "Running",
+        "restartPolicy Always keeps it Running"
+    );
+    assert_eq!(condition(&pod, "Ready"), "False");
+    let last = container(&pod, "app")
+        .and_then(|c| c.last_state.clone())
+        .and_then(|s| s.terminated)
+        .map(|t| t.exit_code);
+    assert_eq!(last, Some(1), "lastState says how it ended");
+
+    // The runtime saw each attempt start later after the previous exit than the one
+    // before it did: the delays grow.
+    let mut c = node.runtime().await?;
+    let attempts = containers_of(&mut c, &uid(&pod)).await?;
+    assert!(attempts.len() >= 3, "{} attempts", attempts.len());
+    for a in &attempts {
+        if a.state == v1::ContainerState::ContainerExited as i32 {
+            assert_eq!(a.exit_code, 1);
+        }
+    }
+    let started: Vec<i64> = attempts.iter().map(|a| a.started_at).collect();
+    let gaps: Vec<i64> = started
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
+    println!("ms between the starts of the attempts: {gaps:?}");
+    assert!(gaps[1] > gaps[0], "delays between starts grow: {gaps:?} ms");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "live.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: live
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "touch /tmp/healthy; exec sleep 3600"]
+    livenessProbe:
+      exec:
+        command: [cat, /tmp/healthy]
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+        ),
+    )?;
+    let first = node.wait_ready("live", LIMIT).await?;
+    let first_id = container_id(&first, "app");
+    // Healthy for a while: no restart.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        restart_count(&node.wait_ready("live", LIMIT).await?, "app"),
+        0
+    );
+
+    let mut c = node.runtime().await?;
+    let (code, _, err) = exec(&mut c, &first_id, &["rm", "/tmp/healthy"]).await?;
+    assert_eq!(code, 0, "{err}");
+    let pod = node
+        .wait_pod("live", LIMIT, |p| {
+            restart_count(p, "app") >= 1
+                && running_and_ready(p)
+                && container_id(p, "app") != first_id
+        })
+        .await?;
+    let last = container(&pod, "app")
+        .and_then(|c| c.last_state.clone())
+        .and_then(|s| s.terminated);
+    assert!(last.is_some(), "lastState.terminated is set");
+    let old = containers_of(&mut c, &uid(&pod)).await?;
+    let old = old.iter().find(|s| s.id == first_id);
+    assert_eq!(
+        old.map(|s| s.state),
+        Some(v1::ContainerState::ContainerExited as i32),
+        "the unhealthy container was stopped"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_flips_the_pod_ready_and_back() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "ready.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: ready
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "touch /tmp/ready; exec sleep 3600"]
+    readinessProbe:
+      exec:
+        command: [cat, /tmp/ready]
+      periodSeconds: 1
+      failureThreshold: 1
+"#,
+        ),
+    )?;
+    let pod = node.wait_ready("ready", LIMIT).await?;
+    let id = container_id(&pod, "app");
+    let mut c = node.runtime().await?;
+
+    exec(&mut c, &id, &["rm", "/tmp/ready"]).await?;
+    let pod = node
+        .wait_pod("ready", LIMIT, |p| {
+            phase(p) == "Running"
+                && condition(p, "Ready") == "False"
+                && condition(p, "ContainersReady") == "False"
+                && container(p, "app").is_some_and(|c| !c.ready)
+        })
+        .await?;
+    assert_eq!(container_id(&pod, "app"), id, "not ready is not restarted");
+
+    exec(&mut c, &id, &["touch", "/tmp/ready"]).await?;
+    let pod = node.wait_ready("ready", LIMIT).await?;
+    assert_eq!(container_id(&pod, "app"), id);
+    assert_eq!(restart_count(&pod, "app"), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn init_containers_run_in_order_before_the_app() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "init.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: init
+spec:
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: one
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "sleep 1; echo one >> /work/order"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  - name: two
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "echo two >> /work/order"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "echo $(cat /work/order); exec sleep 3600"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  volumes:
+  - name: work
+    emptyDir: {}
+"#,
+        ),
+    )?;
+    let pod = node.wait_ready("init", LIMIT).await?;
+    assert_eq!(condition(&pod, "Initialized"), "True");
+    for name in ["one", "two"] {
+        let done = container(&pod, name)
+            .and_then(|c| c.state.clone())
+            .and_then(|s| s.terminated);
+        assert_eq!(
+            done.map(|t| (t.exit_code, t.reason.unwrap_or_default())),
+            Some((0, "Completed".to_string())),
+            "init container {name}"
+        );
+    }
+    let log = wait_for_text(&node.container_log(&pod, "app", 0), "one two", LIMIT).await?;
+    assert!(!log.contains("two one"), "{log}");
+
+    // The runtime agrees: `two` started only after `one` had exited.
+    let mut c = node.runtime().await?;
+    let all = containers_of(&mut c, &uid(&pod)).await?;
+    let named = |n: &str| {
+        all.iter()
+            .find(|s| s.metadata.as_ref().is_some_and(|m| m.name == n))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (one, two, app) = (named("one"), named("two"), named("app"));
+    assert!(one.finished_at > 0 && one.finished_at <= two.started_at);
+    assert!(two.finished_at > 0 && two.finished_at <= app.started_at);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pre_stop_runs_before_sigterm_when_the_manifest_is_removed() -> R {
+    let node = KubeletNode::start().await?;
+    let markers = node.dir().join("markers");
+    std::fs::create_dir_all(&markers)?;
+    node.write_manifest(
+        "stop.yaml",
+        &manifest(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: stop
+spec:
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - "trap 'echo term >> /markers/log; exit 0' TERM; echo started >> /markers/log; while true; do sleep 1; done"
+    volumeMounts: [{{name: markers, mountPath: /markers}}]
+    lifecycle:
+      preStop:
+        exec:
+          command: [sh, -c, "echo prestop >> /markers/log"]
+  volumes:
+  - name: markers
+    hostPath:
+      path: {}
+      type: Directory
+"#,
+            markers.display()
+        )),
+    )?;
+    let pod = node.wait_ready("stop", LIMIT).await?;
+    let log = markers.join("log");
+    wait_for_text(&log, "started", LIMIT).await?;
+
+    node.remove_manifest("stop.yaml")?;
+    node.wait_for(LIMIT, |pods| !has_uid(pods, &uid(&pod)))
+        .await?;
+    assert_eq!(
+        std::fs::read_to_string(&log)?,
+        "started\nprestop\nterm\n",
+        "the preStop hook ran, then the container got SIGTERM and exited on its own"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_empty_dir_is_shared_between_two_containers() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "share.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: share
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: writer
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "echo hello from writer > /data/msg; exec sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /data}]
+  - name: reader
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "exec sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /shared}]
+  volumes:
+  - name: scratch
+    emptyDir: {}
+"#,
+        ),
+    )?;
+    let pod = node.wait_ready("share", LIMIT).await?;
+    let (writer, reader) = (container_id(&pod, "writer"), container_id(&pod, "reader"));
+    let mut c = node.runtime().await?;
+
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (_, out, _) = exec(&mut c, &reader, &["cat", "/shared/msg"]).await?;
+        if out.trim() == "hello from writer" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "reader sees {out:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the other way round, at once.
+    let (code, _, err) = exec(
+        &mut c,
+        &reader,
+        &["sh", "-c", "echo hello from reader > /shared/reply"],
+    )
+    .await?;
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = exec(&mut c, &writer, &["cat", "/data/reply"]).await?;
+    assert_eq!(out.trim(), "hello from reader");
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_outlive_a_stopped_kubelet_and_are_adopted_by_the_next() -> R {
+    let mut node = KubeletNode::start().await?;
+    node.write_manifest("web.yaml", &web("web"))?;
+    let before = node.wait_ready("web", LIMIT).await?;
+    let ip = pod_ip(&before);
+    let mut c = node.runtime().await?;
+    let sandboxes = sandboxes_of(&mut c, &uid(&before)).await?;
+    drop(c);
+
+    let status = node.terminate()?;
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status}");
+    assert!(
+        node.log_text().contains("pods keep running"),
+        "{}",
+        node.log_text()
+    );
+    // No agent runs, and the pod still serves.
+    assert_eq!(fetch(&ip).await?.trim(), "hello from web");
+
+    node.spawn().await?;
+    let after = node.wait_ready("web", LIMIT).await?;
+    assert_eq!(uid(&after), uid(&before));
+    assert_eq!(
+        container_id(&after, "app"),
+        container_id(&before, "app"),
+        "the running container was adopted, not restarted"
+    );
+    assert_eq!(restart_count(&after, "app"), 0);
+    assert_eq!(pod_ip(&after), ip);
+    let mut c = node.runtime().await?;
+    let now = sandboxes_of(&mut c, &uid(&after)).await?;
+    assert_eq!(
+        now.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        sandboxes.iter().map(|s| &s.id).collect::<Vec<_>>()
+    );
+    assert_eq!(containers_of(&mut c, &uid(&after)).await?.len(), 1);
+    assert_eq!(fetch(&ip).await?.trim(), "hello from web");
+    Ok(())
+}
