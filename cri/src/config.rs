@@ -104,6 +104,19 @@ pub struct RegistrySection {
     pub insecure: Vec<String>,
     /// `[registry.mirrors."docker.io"] endpoints = ["http://127.0.0.1:5000"]`
     pub mirrors: HashMap<String, MirrorSection>,
+    /// PEM files of extra root certificates (private CAs), trusted for every registry and
+    /// mirror besides the system's.
+    pub ca_files: Vec<PathBuf>,
+    /// `[registry.hosts."myreg:5000"] ca_file = "/etc/nodelet/certs/myreg.pem"`: settings
+    /// of one registry or mirror host.
+    pub hosts: HashMap<String, HostSection>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSection {
+    /// A PEM file of root certificates trusted for this host only.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -236,6 +249,13 @@ impl Config {
                 .map(|(k, v)| (k.clone(), v.endpoints.clone()))
                 .collect(),
             insecure: self.registry.insecure.clone(),
+            ca_files: self.registry.ca_files.clone(),
+            host_ca_files: self
+                .registry
+                .hosts
+                .iter()
+                .filter_map(|(host, h)| Some((host.clone(), h.ca_file.clone()?)))
+                .collect(),
         }
     }
 }
@@ -277,8 +297,12 @@ mod tests {
             max_concurrent_downloads = 5
             [registry]
             insecure = ["127.0.0.1:5000"]
+            ca_files = ["/etc/nodelet/certs/ca.pem"]
             [registry.mirrors."docker.io"]
             endpoints = ["http://127.0.0.1:5001"]
+            [registry.hosts."myreg:5000"]
+            ca_file = "/etc/nodelet/certs/myreg.pem"
+            [registry.hosts."plain:5000"]
             "#,
         )
         .expect("parse");
@@ -288,12 +312,28 @@ mod tests {
         let reg = cfg.registry_config();
         assert_eq!(reg.mirrors["docker.io"], vec!["http://127.0.0.1:5001"]);
         assert_eq!(reg.insecure, vec!["127.0.0.1:5000"]);
+        assert_eq!(
+            reg.ca_files,
+            vec![PathBuf::from("/etc/nodelet/certs/ca.pem")]
+        );
+        assert_eq!(
+            reg.host_ca_files,
+            HashMap::from([(
+                "myreg:5000".to_string(),
+                PathBuf::from("/etc/nodelet/certs/myreg.pem")
+            )])
+        );
     }
 
     #[test]
     fn unknown_keys_and_bad_mirrors_are_errors() {
-        let err = Config::parse("sockett = \"/x\"").expect_err("typo must fail");
-        assert!(err.to_string().contains("sockett"), "{err}");
+        for (text, word) in [
+            ("sockett = \"/x\"", "sockett"),
+            ("[registry.hosts.\"r:1\"]\nca_files = \"/x\"", "ca_files"),
+        ] {
+            let err = Config::parse(text).expect_err("typo must fail");
+            assert!(err.to_string().contains(word), "{err}");
+        }
         let mut cfg = Config::default();
         assert!(cfg.add_mirror("docker.io").is_err());
         cfg.add_mirror("docker.io=http://127.0.0.1:1").expect("ok");

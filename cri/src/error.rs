@@ -58,7 +58,8 @@ fn image_code(err: &image::Error) -> tonic::Code {
     use tonic::Code;
     match err {
         E::InvalidReference { .. } => Code::InvalidArgument,
-        E::NotFound { .. } => Code::NotFound,
+        E::NotFound { .. } | E::NotFoundOnHosts { .. } => Code::NotFound,
+        E::CaFile { .. } => Code::InvalidArgument,
         E::Registry { .. } | E::AllHostsFailed { .. } => Code::Unavailable,
         E::Unauthorized { .. } => Code::PermissionDenied,
         E::NoMatchingPlatform { .. }
@@ -73,7 +74,7 @@ fn image_code(err: &image::Error) -> tonic::Code {
         | E::TooLarge { .. }
         | E::BadArchive { .. } => Code::FailedPrecondition,
         E::InUse { .. } => Code::FailedPrecondition,
-        E::Io { .. } | E::Store { .. } | E::Join(_) => Code::Internal,
+        E::Io { .. } | E::Store { .. } | E::RegistryClient { .. } | E::Join(_) => Code::Internal,
     }
 }
 

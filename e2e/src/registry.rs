@@ -2,7 +2,8 @@
 //! `skopeo` to push image layouts into it. The registry checks clients with htpasswd
 //! (basic auth) or with bearer tokens from a [`TokenServer`] run here (the token flow of
 //! the distribution spec: a `WWW-Authenticate: Bearer realm=…` challenge, a token from
-//! the realm, then requests carrying it).
+//! the realm, then requests carrying it). It speaks plain HTTP, or HTTPS with a server
+//! certificate for 127.0.0.1 from a CA made for it with `openssl`.
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
@@ -53,6 +54,8 @@ pub struct RegistryOptions {
     pub auth: Option<Credentials>,
     /// Accept only bearer tokens from a [`TokenServer`] started with the registry.
     pub token_auth: bool,
+    /// Serve HTTPS only, with a certificate from a CA of its own ([`Registry::ca_file`]).
+    pub tls: bool,
 }
 
 impl RegistryOptions {
@@ -60,7 +63,7 @@ impl RegistryOptions {
     pub fn with_auth(username: impl Into<String>, password: impl Into<String>) -> Self {
         Self {
             auth: Some(Credentials::new(username, password)),
-            token_auth: false,
+            ..Self::default()
         }
     }
 
@@ -70,7 +73,13 @@ impl RegistryOptions {
         Self {
             auth: Some(Credentials::new(username, password)),
             token_auth: true,
+            ..Self::default()
         }
+    }
+
+    /// The same, over HTTPS only.
+    pub fn tls(self) -> Self {
+        Self { tls: true, ..self }
     }
 }
 
@@ -83,6 +92,7 @@ pub struct Registry {
     storage: PathBuf,
     log: PathBuf,
     token: Option<TokenServer>,
+    tls: Option<TlsFiles>,
     // Last, so the directory outlives the child that writes into it.
     _dir: TempDir,
 }
@@ -107,6 +117,11 @@ impl Registry {
             (None, Some(creds)) => Some(AuthConfig::Htpasswd(write_htpasswd(dir.path(), creds)?)),
             (None, None) => None,
         };
+        let tls = if opts.tls {
+            Some(TlsFiles::make(dir.path())?)
+        } else {
+            None
+        };
         let config = dir.path().join("config.yml");
         let log = dir.path().join("registry.log");
 
@@ -114,10 +129,10 @@ impl Registry {
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
             let addr = format!("127.0.0.1:{port}");
-            fs::write(&config, config_yaml(&addr, &storage, auth.as_ref()))
-                .with_context(|| format!("write {}", config.display()))?;
+            let yaml = config_yaml(&addr, &storage, auth.as_ref(), tls.as_ref());
+            fs::write(&config, yaml).with_context(|| format!("write {}", config.display()))?;
             let mut child = spawn(&config, &log)?;
-            match wait_ready(&mut child, &addr, &log) {
+            match wait_ready(&mut child, &addr, &log, tls.is_some()) {
                 Ok(()) => {
                     return Ok(Registry {
                         child,
@@ -126,6 +141,7 @@ impl Registry {
                         storage,
                         log,
                         token,
+                        tls,
                         _dir: dir,
                     });
                 }
@@ -176,6 +192,12 @@ impl Registry {
             .join("data")
     }
 
+    /// The PEM certificate of the CA that signed the registry's certificate, when it
+    /// serves HTTPS.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|t| t.ca.as_path())
+    }
+
     /// The token server, when the registry takes bearer tokens.
     pub fn token_server(&self) -> Option<&TokenServer> {
         self.token.as_ref()
@@ -193,7 +215,8 @@ impl Registry {
     }
 
     /// `GET path` with this registry's credentials (if any, as basic auth: a registry
-    /// with token auth answers 401) and extra headers.
+    /// with token auth answers 401) and extra headers. Plain HTTP: a registry serving
+    /// HTTPS answers 400.
     pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<http::Response> {
         let auth = self.credentials().map(|(u, p)| http::basic_auth(u, p));
         let mut all = headers.to_vec();
@@ -264,7 +287,96 @@ enum AuthConfig<'a> {
     Token(&'a TokenServer),
 }
 
-fn config_yaml(addr: &str, storage: &Path, auth: Option<&AuthConfig<'_>>) -> String {
+/// A CA and a server certificate for `127.0.0.1` signed by it, all PEM.
+#[derive(Debug)]
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes the CA (its name unique to `dir`, so two registries never share an issuer
+    /// name) and the server certificate in `dir`.
+    fn make(dir: &Path) -> Result<Self> {
+        let files = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+        };
+        let ca_key = dir.join("ca-key.pem");
+        let csr = dir.join("server.csr");
+        let ext = dir.join("server.ext");
+        fs::write(
+            &ext,
+            "subjectAltName = IP:127.0.0.1\nbasicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\n",
+        )
+        .with_context(|| format!("write {}", ext.display()))?;
+        let unique = dir.file_name().unwrap_or_default().to_string_lossy();
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-x509", "-days", "1"])
+                .args(p256)
+                .args(["-subj", &format!("/CN=nodelet-e2e-ca-{unique}")])
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+                .arg("-keyout")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&files.ca),
+        )?;
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-new"])
+                .args(p256)
+                .args(["-subj", "/CN=127.0.0.1"])
+                .arg("-keyout")
+                .arg(&files.key)
+                .arg("-out")
+                .arg(&csr),
+        )?;
+        openssl(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "1", "-set_serial", "1"])
+                .arg("-in")
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&files.ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(&files.cert),
+        )?;
+        Ok(files)
+    }
+}
+
+/// Runs an `openssl` command, failing with its stderr.
+fn openssl(cmd: &mut Command) -> Result<()> {
+    let out = cmd.stdin(Stdio::null()).output().context("run openssl")?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn config_yaml(
+    addr: &str,
+    storage: &Path,
+    auth: Option<&AuthConfig<'_>>,
+    tls: Option<&TlsFiles>,
+) -> String {
     // JSON strings are valid YAML scalars, which quotes paths safely.
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     let root = quote(&storage.to_string_lossy());
@@ -289,6 +401,13 @@ fn config_yaml(addr: &str, storage: &Path, auth: Option<&AuthConfig<'_>>) -> Str
         "",
     ]
     .join("\n");
+    if let Some(tls) = tls {
+        yaml.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            quote(&tls.cert.to_string_lossy()),
+            quote(&tls.key.to_string_lossy())
+        ));
+    }
     match auth {
         Some(AuthConfig::Htpasswd(path)) => yaml.push_str(&format!(
             "auth:\n  htpasswd:\n    realm: nodelet-e2e\n    path: {}\n",
@@ -325,7 +444,9 @@ fn spawn(config: &Path, log: &Path) -> Result<Child> {
         .with_context(|| format!("spawn {REGISTRY_BIN} serve {}", config.display()))
 }
 
-fn wait_ready(child: &mut Child, addr: &str, log: &Path) -> Result<(), StartError> {
+/// Waits until the registry answers on `addr`. Plain HTTP to an HTTPS registry gets 400
+/// (Go's answer to a request that is not a TLS handshake), which says it is up.
+fn wait_ready(child: &mut Child, addr: &str, log: &Path, tls: bool) -> Result<(), StartError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().map_err(|e| StartError::Failed(e.into()))? {
@@ -339,7 +460,8 @@ fn wait_ready(child: &mut Child, addr: &str, log: &Path) -> Result<(), StartErro
             });
         }
         match http::get(addr, "/v2/", &[]) {
-            Ok(r) if r.status == 200 || r.status == 401 => return Ok(()),
+            Ok(r) if !tls && (r.status == 200 || r.status == 401) => return Ok(()),
+            Ok(r) if tls && r.status == 400 => return Ok(()),
             Ok(r) => {
                 return Err(StartError::Failed(anyhow::anyhow!(
                     "GET http://{addr}/v2/ answered {} while starting",
@@ -727,16 +849,27 @@ mod tests {
 
     #[test]
     fn config_quotes_paths_and_adds_auth_only_when_asked() {
-        let plain = config_yaml("127.0.0.1:1", Path::new("/tmp/s"), None);
+        let plain = config_yaml("127.0.0.1:1", Path::new("/tmp/s"), None, None);
         assert!(plain.contains("rootdirectory: \"/tmp/s\""));
         assert!(plain.contains("addr: \"127.0.0.1:1\""));
         assert!(!plain.contains("auth:"));
+        assert!(!plain.contains("tls:"));
+        let tls = TlsFiles {
+            ca: PathBuf::from("/tmp/ca.pem"),
+            cert: PathBuf::from("/tmp/c.pem"),
+            key: PathBuf::from("/tmp/k.pem"),
+        };
         let auth = config_yaml(
             "127.0.0.1:1",
             Path::new("/tmp/s"),
             Some(&AuthConfig::Htpasswd(PathBuf::from("/tmp/h"))),
+            Some(&tls),
         );
         assert!(auth.contains("htpasswd:\n    realm: nodelet-e2e\n    path: \"/tmp/h\""));
+        // Under `http:`, before the top-level `auth:`.
+        assert!(auth.contains(
+            "[nosniff]\n  tls:\n    certificate: \"/tmp/c.pem\"\n    key: \"/tmp/k.pem\"\nauth:"
+        ));
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! Needs root (ownership, device nodes, overlay xattrs in unpacked layers).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use e2e::cri::CriServer;
 use e2e::image::{Compression, Entry, ImageBuilder, Layer, ManifestFormat, Platform};
-use e2e::{Registry, RegistryOptions, busybox_layer, malicious, two_platform_index};
+use e2e::{IndexBuilder, Registry, RegistryOptions, busybox_layer, malicious, two_platform_index};
 use proto::v1;
 use tonic::Code;
 
@@ -142,6 +143,12 @@ impl Node {
         .await?;
         Ok(())
     }
+}
+
+/// `path` as a TOML string.
+fn toml_path(path: &Path) -> String {
+    // A JSON string is a TOML basic string.
+    serde_json::Value::from(path.to_string_lossy()).to_string()
 }
 
 fn spec(image: &str) -> v1::ImageSpec {
@@ -352,6 +359,247 @@ async fn docker_schema2_image_pulls() -> R {
     assert_eq!(img.repo_tags, vec![reg.image("docker/img:latest")]);
     assert_eq!(img.username, "app");
     assert_eq!(img.uid, None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_manifest_list_selects_host_platform_and_repulls_from_store() -> R {
+    let reg = Registry::start(RegistryOptions::default())?;
+    let dir = tempfile::tempdir()?;
+    let base = busybox_layer()?;
+    let mut list = IndexBuilder::new();
+    for platform in [
+        Platform::linux("amd64"),
+        Platform::linux("arm64").with_variant("v8"),
+    ] {
+        let marker = format!("{}/{}\n", platform.os, platform.architecture);
+        list = list.image(
+            ImageBuilder::new()
+                .format(ManifestFormat::DockerV2)
+                .platform(platform)
+                .layer(base.clone())
+                .layer(Layer::new().file("platform", marker, 0o644)),
+        );
+    }
+    let layout = list.write_layout(&dir.path().join("list"))?;
+    reg.push(layout.dir(), "docker/list:1")?;
+    let top = reg.manifest("docker/list", "1")?;
+    assert_eq!(
+        top.header("content-type"),
+        Some(e2e::image::media_type::DOCKER_MANIFEST_LIST)
+    );
+    let node = Node::insecure(&reg)?;
+    let name = reg.image("docker/list:1");
+    let id = node.pull(&name).await?;
+    let host = Platform::host();
+    let want = layout.image(&host).expect("host platform in the list");
+    assert_eq!(id, want.config.digest);
+    let marker = find_in_layers(&node, "platform");
+    assert_eq!(marker.len(), 1, "only the chosen platform is unpacked");
+    assert_eq!(
+        std::fs::read_to_string(&marker[0])?,
+        format!("linux/{}\n", host.architecture)
+    );
+    let img = node.status(&id).await?.expect("present");
+    assert_eq!(
+        img.repo_digests,
+        vec![format!("{}/docker/list@{}", reg.addr(), layout.digest())]
+    );
+
+    // Pulling again reads the chosen manifest from the store: the registry lost it, and
+    // the pull still succeeds.
+    std::fs::remove_file(reg.blob_path(&want.manifest.digest))?;
+    assert_ne!(
+        reg.manifest("docker/list", &want.manifest.digest)?.status,
+        200
+    );
+    assert_eq!(node.pull(&name).await?, id);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_by_repo_digest_removes_the_image_and_its_tags() -> R {
+    let reg = Registry::start(RegistryOptions::default())?;
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "rm")?.write_layout(&dir.path().join("img"))?;
+    reg.push(layout.dir(), "rm/img:1")?;
+    reg.push(layout.dir(), "rm/img:2")?;
+    let node = Node::insecure(&reg)?;
+    let id = node.pull(&reg.image("rm/img:1")).await?;
+    assert_eq!(node.pull(&reg.image("rm/img:2")).await?, id);
+    let img = node.status(&id).await?.expect("present");
+    assert_eq!(img.repo_tags.len(), 2);
+    let repo_digest = format!("{}/rm/img@{}", reg.addr(), layout.digest());
+    assert_eq!(img.repo_digests, vec![repo_digest.clone()]);
+
+    node.remove(&repo_digest).await?;
+    for r in [
+        reg.image("rm/img:1"),
+        reg.image("rm/img:2"),
+        id,
+        repo_digest,
+    ] {
+        assert!(node.status(&r).await?.is_none(), "{r} still found");
+    }
+    node.assert_empty("removed by repo digest").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn images_missing_everywhere_are_not_found() -> R {
+    let reg = Registry::start(RegistryOptions::default())?;
+    let mirror = Registry::start(RegistryOptions::default())?;
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "here")?.write_layout(&dir.path().join("img"))?;
+    reg.push(layout.dir(), "lib/img:1")?;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.to_string()
+    };
+    // The registry alone; with a mirror (that lacks everything); and a registry that is
+    // down behind a mirror.
+    let toml = format!(
+        "[registry]\ninsecure = [\"{reg}\", \"{dead}\"]\n\
+         [registry.mirrors.\"{reg}\"]\nendpoints = [\"http://{mi}\"]\n\
+         [registry.mirrors.\"{dead}\"]\nendpoints = [\"http://{mi}\"]\n",
+        reg = reg.addr(),
+        mi = mirror.addr(),
+    );
+    let alone = Node::insecure(&reg)?;
+    let mirrored = Node::start(&toml, &[])?;
+    let missing_digest = format!("sha256:{}", "0".repeat(64));
+    for (node, what) in [(&alone, "alone"), (&mirrored, "behind a mirror")] {
+        for missing in [
+            reg.image("no/such-repo:1"),
+            reg.image("lib/img:2"),
+            format!("{}/lib/img@{missing_digest}", reg.addr()),
+        ] {
+            let err = node.pull(&missing).await.expect_err("missing image");
+            assert_eq!(err.code(), Code::NotFound, "{what}: {missing}: {err:?}");
+            assert!(err.message().contains(&missing), "{}", err.message());
+        }
+        node.assert_empty(what).await?;
+    }
+    // The mirror lacking it says nothing about an upstream that could not be asked.
+    let err = mirrored
+        .pull(&format!("{dead}/lib/img:1"))
+        .await
+        .expect_err("registry down");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_registry_is_trusted_through_ca_files() -> R {
+    let reg = Registry::start(RegistryOptions::with_auth("carol", "tls-pass").tls())?;
+    let ca = reg.ca_file().expect("an https registry has a CA");
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "tls")?.write_layout(&dir.path().join("img"))?;
+    reg.push(layout.dir(), "secure/img:1")?;
+    let name = reg.image("secure/img:1");
+    let creds = |password: &str| v1::AuthConfig {
+        username: "carol".into(),
+        password: password.into(),
+        ..Default::default()
+    };
+
+    // The registry speaks TLS only: plain HTTP to its port is refused.
+    let plain = e2e::http::get(reg.addr(), "/v2/", &[])?;
+    assert_eq!(
+        plain.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&plain.body)
+    );
+    assert!(String::from_utf8_lossy(&plain.body).contains("HTTPS"));
+
+    // Without its CA: a certificate error, at once, and nothing stored. The bound only
+    // tells a hang from an answer.
+    let untrusted = Node::start("", &[])?;
+    let pull = untrusted.pull_auth(&name, Some(creds("tls-pass")));
+    let err = tokio::time::timeout(Duration::from_secs(120), pull)
+        .await?
+        .expect_err("unknown CA");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("certificate") && err.message().contains(reg.addr()),
+        "{}",
+        err.message()
+    );
+    untrusted.assert_empty("untrusted registry").await?;
+
+    // With its CA: pulls over HTTPS, with basic auth.
+    let node = Node::start(
+        &format!("[registry]\nca_files = [{}]\n", toml_path(ca)),
+        &[],
+    )?;
+    let err = node
+        .pull_auth(&name, Some(creds("wrong")))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let id = node.pull_auth(&name, Some(creds("tls-pass"))).await?;
+    assert_eq!(id, layout.images[0].config.digest);
+    assert_eq!(
+        std::fs::read_to_string(&find_in_layers(&node, "app/marker")[0])?,
+        "tls"
+    );
+
+    // A CA file that is missing or holds no certificate stops the server at start,
+    // naming the file.
+    let not_pem = dir.path().join("not-a-cert.pem");
+    std::fs::write(&not_pem, "hello\n")?;
+    for bad in [dir.path().join("missing.pem"), not_pem] {
+        let toml = format!("[registry]\nca_files = [{}]\n", toml_path(&bad));
+        let err = Node::start(&toml, &[]).err().expect("bad CA file");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("registry CA file") && text.contains(&bad.display().to_string()),
+            "{text}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_ca_is_trusted_for_that_host_only_and_https_mirrors_use_the_roots() -> R {
+    let a = Registry::start(RegistryOptions::default().tls())?;
+    let b = Registry::start(RegistryOptions::default().tls())?;
+    let ca_a = toml_path(a.ca_file().expect("CA"));
+    let ca_b = toml_path(b.ca_file().expect("CA"));
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "from-a")?.write_layout(&dir.path().join("img"))?;
+    a.push(layout.dir(), "lib/img:1")?;
+    b.push(layout.dir(), "lib/img:1")?;
+    let id = &layout.images[0].config.digest;
+
+    // A's CA under [registry.hosts."A"] makes A trusted; B's CA given for another host
+    // does not make B trusted.
+    let node = Node::start(
+        &format!(
+            "[registry.hosts.\"{a}\"]\nca_file = {ca_a}\n[registry.hosts.\"127.0.0.1:1\"]\nca_file = {ca_b}\n",
+            a = a.addr(),
+        ),
+        &[],
+    )?;
+    assert_eq!(&node.pull(&a.image("lib/img:1")).await?, id);
+    let err = node
+        .pull(&b.image("lib/img:1"))
+        .await
+        .expect_err("B's CA is trusted for another host only");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("certificate"), "{}", err.message());
+
+    // An https:// mirror is checked against the same roots: B's image comes from mirror
+    // A, trusted through ca_files, while B itself is not.
+    let toml = format!(
+        "[registry]\nca_files = [{ca_a}]\n[registry.mirrors.\"{b}\"]\nendpoints = [\"https://{a}\"]\n",
+        a = a.addr(),
+        b = b.addr(),
+    );
+    let mirrored = Node::start(&toml, &[])?;
+    assert_eq!(&mirrored.pull(&b.image("lib/img:1")).await?, id);
+    let img = mirrored.status(id).await?.expect("present");
+    assert_eq!(img.repo_tags, vec![b.image("lib/img:1")]);
     Ok(())
 }
 
@@ -625,11 +873,12 @@ async fn mirrors_are_tried_in_order_with_fallback_to_upstream() -> R {
     // Not on the mirror: falls back to the registry itself.
     let id2 = node.pull(&upstream.image("lib/only-upstream:1")).await?;
     assert_eq!(id2, up.images[0].config.digest);
-    // Not anywhere: NotFound-like failure naming every host tried.
+    // Not anywhere: NotFound naming every host tried.
     let err = node
         .pull(&upstream.image("lib/nowhere:1"))
         .await
         .expect_err("missing");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert!(err.message().contains(mirror.addr()), "{}", err.message());
     assert!(err.message().contains(upstream.addr()), "{}", err.message());
     Ok(())
@@ -1064,7 +1313,7 @@ async fn server_socket_version_status_and_shutdown() -> R {
     assert!(pods.items.is_empty());
     // Runtime RPCs that are not built say so.
     let err = rt
-        .exec(v1::ExecRequest::default())
+        .checkpoint_container(v1::CheckpointContainerRequest::default())
         .await
         .expect_err("not built");
     assert_eq!(err.code(), Code::Unimplemented);

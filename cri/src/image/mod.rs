@@ -46,11 +46,20 @@ pub enum Error {
         reference: String,
         message: String,
     },
+    #[error("image {reference} not found; tried {}", errors.join("; "))]
+    NotFoundOnHosts {
+        reference: String,
+        errors: Vec<String>,
+    },
     #[error("pulling {reference} failed on every host: {}", errors.join("; "))]
     AllHostsFailed {
         reference: String,
         errors: Vec<String>,
     },
+    #[error("registry CA file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error("building the registry client for host {host}: {reason}")]
+    RegistryClient { host: String, reason: String },
     #[error("image {reference} has no manifest for platform {platform}")]
     NoMatchingPlatform { reference: String, platform: String },
     #[error("unsupported media type {media_type:?} in {reference}")]

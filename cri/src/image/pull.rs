@@ -1,16 +1,18 @@
 //! Pulling from registries (OCI Distribution API v2) through `oci-client`, which does the
 //! HTTP, the `WWW-Authenticate` bearer-token flow and basic auth. On top of it: mirrors
 //! tried in order with fallback to the upstream (as containerd's hosts configuration),
-//! insecure (plain HTTP) registries, and our own verification of every byte.
+//! insecure (plain HTTP) registries, extra root certificates for private CAs (for every
+//! host or for one), and our own verification of every byte.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::StreamExt as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{DigestError, OciDistributionError};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 
 use super::install::{ACCEPTED_MANIFESTS, Descriptor, Source, read_cap};
@@ -26,6 +28,12 @@ pub struct RegistryConfig {
     pub mirrors: HashMap<String, Vec<String>>,
     /// Hosts spoken to over plain HTTP.
     pub insecure: Vec<String>,
+    /// PEM files of root certificates trusted, besides the system's, for every registry
+    /// and mirror.
+    pub ca_files: Vec<PathBuf>,
+    /// Host (`host[:port]` of a registry or a mirror) → a PEM file of root certificates
+    /// trusted for that host only, besides `ca_files` and the system's.
+    pub host_ca_files: HashMap<String, PathBuf>,
 }
 
 /// One place to pull from: a mirror or the registry itself.
@@ -34,6 +42,15 @@ pub struct Endpoint {
     pub host: String,
     pub plain_http: bool,
     pub is_mirror: bool,
+}
+
+/// Where the API of `registry` lives: docker.io's is at registry-1.docker.io.
+fn api_host(registry: &str) -> &str {
+    if registry == "docker.io" {
+        "registry-1.docker.io"
+    } else {
+        registry
+    }
 }
 
 impl RegistryConfig {
@@ -66,12 +83,7 @@ impl RegistryConfig {
                 is_mirror: true,
             });
         }
-        // docker.io's API lives at registry-1.docker.io.
-        let upstream = if registry == "docker.io" {
-            "registry-1.docker.io"
-        } else {
-            registry
-        };
+        let upstream = api_host(registry);
         out.push(Endpoint {
             host: upstream.to_string(),
             plain_http: self.insecure.iter().any(|h| h == registry || h == upstream),
@@ -91,6 +103,109 @@ impl RegistryConfig {
             }
         }
         hosts
+    }
+}
+
+/// Root certificates from the configured PEM files, read once at start.
+#[derive(Debug, Clone, Default)]
+struct Roots {
+    /// Trusted for every host.
+    global: Vec<Certificate>,
+    /// API host → trusted for that host only.
+    by_host: HashMap<String, Vec<Certificate>>,
+}
+
+impl Roots {
+    fn load(config: &RegistryConfig) -> Result<Self> {
+        let mut roots = Self::default();
+        for path in &config.ca_files {
+            roots.global.push(load_ca_file(path)?);
+        }
+        for (host, path) in &config.host_ca_files {
+            roots
+                .by_host
+                .entry(api_host(host).to_string())
+                .or_default()
+                .push(load_ca_file(path)?);
+        }
+        Ok(roots)
+    }
+}
+
+/// Reads a PEM file of root certificates and checks that every certificate in it parses
+/// as a root, the way the pull clients will take it.
+fn load_ca_file(path: &Path) -> Result<Certificate> {
+    let bad = |reason: String| Error::CaFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let data = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    // The client skips anything in the file that is not a certificate.
+    const BEGIN: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    if !data.windows(BEGIN.len()).any(|w| w == BEGIN) {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    let cert = Certificate {
+        encoding: CertificateEncoding::Pem,
+        data,
+    };
+    client(Vec::new(), vec![cert.clone()]).map_err(|e| bad(error_chain(&e)))?;
+    Ok(cert)
+}
+
+/// An oci client speaking plain HTTP to `http_hosts` and trusting `roots` besides the
+/// system's roots.
+fn client(
+    http_hosts: Vec<String>,
+    roots: Vec<Certificate>,
+) -> std::result::Result<oci_client::Client, OciDistributionError> {
+    let no_roots = roots.is_empty();
+    let config = ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(http_hosts),
+        // Digests are verified by us; platform selection too.
+        platform_resolver: None,
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(300)),
+        extra_root_certificates: roots,
+        ..Default::default()
+    };
+    if no_roots {
+        // `new` falls back to a default client when the system roots cannot be loaded,
+        // which still serves plain-HTTP registries.
+        Ok(oci_client::Client::new(config))
+    } else {
+        // Never that fallback here: it would drop the roots we were told to trust.
+        oci_client::Client::try_from(config)
+    }
+}
+
+/// Clients by trust: one for the hosts with no roots of their own, one per host with
+/// some. A client caches tokens, so one set serves one set of credentials.
+#[derive(Clone)]
+struct Clients {
+    default: oci_client::Client,
+    by_host: HashMap<String, oci_client::Client>,
+}
+
+impl Clients {
+    fn build(config: &RegistryConfig, roots: &Roots) -> Result<Self> {
+        let build = |host: &str, roots: Vec<Certificate>| {
+            client(config.http_hosts(), roots).map_err(|e| Error::RegistryClient {
+                host: host.to_string(),
+                reason: error_chain(&e),
+            })
+        };
+        let default = build("*", roots.global.clone())?;
+        let mut by_host = HashMap::new();
+        for (host, own) in &roots.by_host {
+            let all = roots.global.iter().chain(own).cloned().collect();
+            by_host.insert(host.clone(), build(host, all)?);
+        }
+        Ok(Self { default, by_host })
+    }
+
+    fn for_host(&self, host: &str) -> oci_client::Client {
+        self.by_host.get(host).unwrap_or(&self.default).clone()
     }
 }
 
@@ -118,27 +233,24 @@ impl Credentials {
     }
 }
 
-/// Shared registry access. Anonymous pulls share one client (and its token cache);
-/// authenticated pulls get their own, so tokens never leak between credentials.
+/// Shared registry access. Anonymous pulls share one set of clients (and their token
+/// caches); authenticated pulls get their own, so tokens never leak between credentials.
 pub struct Registries {
     config: RegistryConfig,
-    anonymous: oci_client::Client,
+    roots: Roots,
+    anonymous: Clients,
 }
 
 impl Registries {
-    pub fn new(config: RegistryConfig) -> Self {
-        let anonymous = Self::client(&config);
-        Self { config, anonymous }
-    }
-
-    fn client(config: &RegistryConfig) -> oci_client::Client {
-        oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(config.http_hosts()),
-            // Digests are verified by us; platform selection too.
-            platform_resolver: None,
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            read_timeout: Some(std::time::Duration::from_secs(300)),
-            ..Default::default()
+    /// Reads the configured root certificates; a missing or unusable file is an error
+    /// naming it.
+    pub fn new(config: RegistryConfig) -> Result<Self> {
+        let roots = Roots::load(&config)?;
+        let anonymous = Clients::build(&config, &roots)?;
+        Ok(Self {
+            config,
+            roots,
+            anonymous,
         })
     }
 
@@ -149,9 +261,13 @@ impl Registries {
         image: &ImageRef,
         creds: &Credentials,
     ) -> Result<(Arc<RegistrySource>, Vec<u8>, String)> {
-        let client = match creds {
-            Credentials::Anonymous => self.anonymous.clone(),
-            _ => Self::client(&self.config),
+        let authenticated;
+        let clients = match creds {
+            Credentials::Anonymous => &self.anonymous,
+            _ => {
+                authenticated = Clients::build(&self.config, &self.roots)?;
+                &authenticated
+            }
         };
         let endpoints = self.config.endpoints(&image.registry);
         let mut errors = Vec::new();
@@ -165,13 +281,18 @@ impl Registries {
                 } else {
                     creds.to_auth()
                 },
+                client: clients.for_host(&ep.host),
+                is_mirror: ep.is_mirror,
                 host: ep.host,
             })
             .collect();
+        // Mirrors may lack an image; only the registry itself can say it does not exist.
+        let mut upstream_not_found = false;
         for (i, h) in hosts.iter().enumerate() {
             let reference = image.to_client_ref(&h.host);
             tracing::debug!(host = %h.host, image = %image, "fetching manifest");
-            match client
+            match h
+                .client
                 .pull_manifest_raw(&reference, &h.auth, ACCEPTED_MANIFESTS)
                 .await
             {
@@ -192,21 +313,31 @@ impl Registries {
                     }
                     // Blobs come from this host first, then from the ones after it.
                     let source = Arc::new(RegistrySource {
-                        client,
                         image: image.clone(),
                         hosts: hosts[i..].to_vec(),
                     });
                     return Ok((source, bytes.to_vec(), digest));
                 }
                 Err(e) => {
-                    let err = map_err(&h.host, image, e);
+                    let err = map_err(&h.host, image, Asked::Manifest, e);
                     tracing::info!(host = %h.host, image = %image, err = %err, "registry host failed");
                     if single {
                         return Err(err);
                     }
-                    errors.push(format!("{}: {err}", h.host));
+                    if matches!(err, Error::NotFound { .. }) {
+                        upstream_not_found |= !h.is_mirror;
+                        errors.push(format!("{}: not found", h.host));
+                    } else {
+                        errors.push(format!("{}: {err}", h.host));
+                    }
                 }
             }
+        }
+        if upstream_not_found {
+            return Err(Error::NotFoundOnHosts {
+                reference: image.to_string(),
+                errors,
+            });
         }
         Err(Error::AllHostsFailed {
             reference: image.to_string(),
@@ -215,13 +346,26 @@ impl Registries {
     }
 }
 
-fn map_err(host: &str, image: &ImageRef, e: OciDistributionError) -> Error {
-    let message = e.to_string();
+/// What a registry was asked for: only a missing manifest means a missing image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Manifest,
+    Blob,
+}
+
+fn map_err(host: &str, image: &ImageRef, asked: Asked, e: OciDistributionError) -> Error {
+    let message = error_chain(&e);
+    let has_code = |codes: &[OciErrorCode]| match &e {
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.iter().any(|err| codes.contains(&err.code))
+        }
+        _ => false,
+    };
     let unauthorized = match &e {
         OciDistributionError::AuthenticationFailure(_)
         | OciDistributionError::UnauthorizedError { .. } => true,
         OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
-        _ => false,
+        _ => has_code(&[OciErrorCode::Unauthorized, OciErrorCode::Denied]),
     };
     if unauthorized {
         return Error::Unauthorized {
@@ -230,7 +374,17 @@ fn map_err(host: &str, image: &ImageRef, e: OciDistributionError) -> Error {
             message,
         };
     }
-    if matches!(e, OciDistributionError::ImageManifestNotFoundError(_)) {
+    let not_found = asked == Asked::Manifest
+        && match &e {
+            OciDistributionError::ImageManifestNotFoundError(_) => true,
+            OciDistributionError::ServerError { code, .. } => *code == 404,
+            _ => has_code(&[
+                OciErrorCode::ManifestUnknown,
+                OciErrorCode::NameUnknown,
+                OciErrorCode::NotFound,
+            ]),
+        };
+    if not_found {
         return Error::NotFound {
             reference: image.to_string(),
         };
@@ -242,18 +396,36 @@ fn map_err(host: &str, image: &ImageRef, e: OciDistributionError) -> Error {
     }
 }
 
-/// One host to fetch from, with the credentials it may see.
+/// An error with its sources: a failed TLS handshake then says which certificate check
+/// failed, not only that the request did.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// One host to fetch from, with the credentials it may see and the client that trusts
+/// its certificates.
 #[derive(Clone)]
 struct Host {
     host: String,
     auth: RegistryAuth,
+    client: oci_client::Client,
+    is_mirror: bool,
 }
 
 /// Blobs of one image. Each blob is asked first from the host that served the manifest,
 /// then from the hosts after it (later mirrors, then the registry itself), as containerd
 /// does: a mirror that has the manifest but lost a blob does not fail the pull.
 pub struct RegistrySource {
-    client: oci_client::Client,
     image: ImageRef,
     /// Never empty: the host that served the manifest comes first.
     hosts: Vec<Host>,
@@ -273,11 +445,11 @@ impl RegistrySource {
         let child = self.image.at_digest(digest);
         let child = &child;
         self.on_each_host(&child.to_string(), |h: Host| async move {
-            let (bytes, _) = self
+            let (bytes, _) = h
                 .client
                 .pull_manifest_raw(&child.to_client_ref(&h.host), &h.auth, ACCEPTED_MANIFESTS)
                 .await
-                .map_err(|e| map_err(&h.host, child, e))?;
+                .map_err(|e| map_err(&h.host, child, Asked::Manifest, e))?;
             Ok(bytes.to_vec())
         })
         .await
@@ -293,7 +465,7 @@ impl RegistrySource {
         let mut errors = Vec::new();
         for h in &self.hosts {
             // Tokens are fetched lazily per host; the client needs to know whom to ask as.
-            self.client.store_auth_if_needed(&h.host, &h.auth).await;
+            h.client.store_auth_if_needed(&h.host, &h.auth).await;
             match op(h.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if self.hosts.len() == 1 => return Err(e),
@@ -318,11 +490,11 @@ impl RegistrySource {
 impl Source for RegistrySource {
     async fn fetch(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         self.on_each_host(&self.blob_name(desc), |h: Host| async move {
-            let sized = self
+            let sized = h
                 .client
                 .pull_blob_stream(&self.image.to_client_ref(&h.host), desc.digest.as_str())
                 .await
-                .map_err(|e| map_err(&h.host, &self.image, e))?;
+                .map_err(|e| map_err(&h.host, &self.image, Asked::Blob, e))?;
             read_capped(sized.stream, read_cap(desc))
                 .await
                 .map_err(|e| Error::Registry {
@@ -337,10 +509,10 @@ impl Source for RegistrySource {
     async fn open(&self, desc: &Descriptor) -> Result<Box<dyn Read + Send>> {
         let sized = self
             .on_each_host(&self.blob_name(desc), |h: Host| async move {
-                self.client
+                h.client
                     .pull_blob_stream(&self.image.to_client_ref(&h.host), desc.digest.as_str())
                     .await
-                    .map_err(|e| map_err(&h.host, &self.image, e))
+                    .map_err(|e| map_err(&h.host, &self.image, Asked::Blob, e))
             })
             .await?;
         // Network chunks feed the blocking unpacker through a small bounded channel, so
@@ -435,6 +607,173 @@ mod tests {
         assert_eq!(read_capped(tampered, 10).await.expect("read"), b"abc");
         let broken = futures::stream::iter([Err(io::Error::other("connection reset"))]);
         assert!(read_capped(broken, 10).await.is_err());
+    }
+
+    /// A self-signed CA certificate (its key is thrown away).
+    const CA_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBlTCCATugAwIBAgIUCfuxi9PxqfSTLi28e8RdhTN9npcwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUbm9kZWxldC11bml0LXRlc3QtY2EwIBcNMjYxMTIzMTk0MDIw
+WhgPMjEyNjEwMzAxOTQwMjBaMB8xHTAbBgNVBAMMFG5vZGVsZXQtdW5pdC10ZXN0
+LWNhMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEJlZKircvMyx/wrTrMYniok4T
+hYKHHOlDFiN/WY/GmrdZtFSLeDclBmsp8glmpcB7sEMZrTl+rndBzWPg8mRo5aNT
+MFEwHQYDVR0OBBYEFIQcynNyOxa6OPuLI0jCQ0998i7yMB8GA1UdIwQYMBaAFIQc
+ynNyOxa6OPuLI0jCQ0998i7yMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID
+SAAwRQIgPPVvg67kfStY1jY7qt/fSYkmptgD/qLDTIyqa6r747kCIQDRZHdUaCGC
+IUIFSWw84gBRo6xCrQqsaYzs+aHt9vlkOA==
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn ca_files_are_read_at_start_and_bad_ones_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("write");
+            path
+        };
+        let good = write("ca.pem", CA_PEM);
+        let cases = [
+            (dir.path().join("missing.pem"), "No such file"),
+            (write("empty.pem", ""), "no PEM certificate"),
+            (
+                write(
+                    "key.pem",
+                    "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+                ),
+                "no PEM certificate",
+            ),
+            (
+                write(
+                    "garbage.pem",
+                    "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+                ),
+                "",
+            ),
+            (
+                write(
+                    "notx509.pem",
+                    "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n",
+                ),
+                "",
+            ),
+            (write("truncated.pem", &CA_PEM[..200]), ""),
+        ];
+        for (bad, reason) in cases {
+            for cfg in [
+                RegistryConfig {
+                    ca_files: vec![good.clone(), bad.clone()],
+                    ..Default::default()
+                },
+                RegistryConfig {
+                    host_ca_files: HashMap::from([("myreg:5000".to_string(), bad.clone())]),
+                    ..Default::default()
+                },
+            ] {
+                let err = Registries::new(cfg).err().expect("bad CA file must fail");
+                assert!(
+                    matches!(&err, Error::CaFile { path, .. } if *path == bad),
+                    "{}: {err}",
+                    bad.display()
+                );
+                assert!(
+                    err.to_string().contains(&bad.display().to_string()),
+                    "{err}"
+                );
+                assert!(err.to_string().contains(reason), "{err}");
+            }
+        }
+
+        let regs = Registries::new(RegistryConfig {
+            ca_files: vec![good.clone()],
+            host_ca_files: HashMap::from([
+                ("docker.io".to_string(), good.clone()),
+                ("myreg:5000".to_string(), good.clone()),
+            ]),
+            ..Default::default()
+        })
+        .expect("good CA files");
+        assert_eq!(regs.roots.global.len(), 1);
+        let mut hosts: Vec<&str> = regs.anonymous.by_host.keys().map(String::as_str).collect();
+        hosts.sort();
+        // docker.io is reached at its API host, where its roots must apply.
+        assert_eq!(hosts, vec!["myreg:5000", "registry-1.docker.io"]);
+    }
+
+    #[test]
+    fn registry_answers_map_to_errors() {
+        use oci_client::errors::{OciEnvelope, OciError};
+        let image = ImageRef::parse("127.0.0.1:5000/a/b:1").expect("ref");
+        let envelope = |code: OciErrorCode| OciDistributionError::RegistryError {
+            envelope: OciEnvelope {
+                errors: vec![OciError {
+                    code,
+                    message: "from the registry".into(),
+                    detail: serde_json::Value::Null,
+                }],
+            },
+            url: "https://127.0.0.1:5000/v2/a/b/manifests/1".into(),
+        };
+        let server = |code: u16| OciDistributionError::ServerError {
+            code,
+            url: "https://127.0.0.1:5000/v2/a/b/manifests/1".into(),
+            message: String::new(),
+        };
+        use Asked::{Blob, Manifest};
+        let cases: Vec<(Asked, OciDistributionError, &str)> = vec![
+            (
+                Manifest,
+                envelope(OciErrorCode::ManifestUnknown),
+                "not found",
+            ),
+            (Manifest, envelope(OciErrorCode::NameUnknown), "not found"),
+            (Manifest, envelope(OciErrorCode::NotFound), "not found"),
+            (Manifest, server(404), "not found"),
+            (Manifest, envelope(OciErrorCode::Denied), "unauthorized"),
+            (
+                Manifest,
+                envelope(OciErrorCode::Unauthorized),
+                "unauthorized",
+            ),
+            (Manifest, server(403), "unauthorized"),
+            (
+                Manifest,
+                envelope(OciErrorCode::Toomanyrequests),
+                "registry",
+            ),
+            (Manifest, server(500), "registry"),
+            (
+                Manifest,
+                OciDistributionError::GenericError(None),
+                "registry",
+            ),
+            // A missing blob is a broken image, not a missing one.
+            (Blob, envelope(OciErrorCode::BlobUnknown), "registry"),
+            (Blob, envelope(OciErrorCode::NameUnknown), "registry"),
+            (Blob, server(404), "registry"),
+            (Blob, envelope(OciErrorCode::Denied), "unauthorized"),
+        ];
+        for (asked, e, want) in cases {
+            let text = format!("{asked:?}: {e}");
+            let got = match map_err("127.0.0.1:5000", &image, asked, e) {
+                Error::NotFound { .. } => "not found",
+                Error::Unauthorized { .. } => "unauthorized",
+                Error::Registry { .. } => "registry",
+                other => panic!("{text}: unexpected {other}"),
+            };
+            assert_eq!(got, want, "{text}");
+        }
+    }
+
+    #[test]
+    fn error_chains_keep_their_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("error sending request")]
+        struct Request(#[source] io::Error);
+        let e = Request(io::Error::other("invalid peer certificate: UnknownIssuer"));
+        assert_eq!(
+            error_chain(&e),
+            "error sending request: invalid peer certificate: UnknownIssuer"
+        );
     }
 
     #[test]
