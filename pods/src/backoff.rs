@@ -1,9 +1,9 @@
 //! CrashLoopBackOff: how long a container that exited waits before its next start.
 //!
-//! The delay starts at 10 s after the first exit and doubles with every further exit up
-//! to 5 min. It starts over once the container has run well for 10 min, or when its
-//! previous exit lies more than 10 min behind the new one (the upstream kubelet's rule:
-//! an entry older than twice the cap has expired).
+//! As the upstream kubelet does it: the first exit restarts at once, the second after
+//! 10 s, and every further exit doubles the delay up to 5 min. It starts over (an
+//! immediate restart) once the container has run well for 10 min, or when its previous
+//! exit lies more than 10 min behind the new one.
 //!
 //! Pure: the pod worker keeps one [`Backoff`] per container name, folds every exit it
 //! observes in with [`BackoffPolicy::record_exits`], and hands the map to the planner,
@@ -17,7 +17,7 @@ use crate::{Backoff, Observed, plan};
 /// The delays of the crash-loop backoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffPolicy {
-    /// Delay after the first exit.
+    /// Delay after the second exit (the first restarts at once).
     pub initial: Duration,
     /// Upper bound of the doubling.
     pub max: Duration,
@@ -48,7 +48,7 @@ impl BackoffPolicy {
             Some(prev) if !self.expired(&prev, finished_at, ran_for) => {
                 prev.delay.saturating_mul(2).max(self.initial).min(self.max)
             }
-            _ => self.initial.min(self.max),
+            _ => Duration::ZERO,
         };
         Backoff {
             last_finish: finished_at,
@@ -123,12 +123,19 @@ mod tests {
         };
         // (name, previous, finished at, ran for, expected delay)
         let cases: Vec<(&str, Option<Backoff>, u64, u64, u64)> = vec![
-            ("first exit", None, 1000, 1, 10),
-            ("second exit doubles", prev(1000, 10), 1011, 1, 20),
-            ("third exit doubles", prev(1011, 20), 1032, 1, 40),
+            ("first exit restarts at once", None, 1000, 1, 0),
+            (
+                "second exit waits the initial delay",
+                prev(1000, 0),
+                1001,
+                1,
+                10,
+            ),
+            ("third exit doubles", prev(1001, 10), 1012, 1, 20),
+            ("fourth exit doubles", prev(1012, 20), 1033, 1, 40),
             ("160 s doubles to the cap", prev(2000, 160), 2161, 1, 300),
             ("stays at the cap", prev(2000, 300), 2301, 1, 300),
-            ("ran 10 min resets", prev(2000, 300), 2900, 600, 10),
+            ("ran 10 min resets", prev(2000, 300), 2900, 600, 0),
             (
                 "ran just under 10 min keeps doubling",
                 prev(2000, 40),
@@ -141,7 +148,7 @@ mod tests {
                 prev(1000, 300),
                 1601,
                 5,
-                10,
+                0,
             ),
             (
                 "previous exit exactly 10 min back keeps",
@@ -172,9 +179,11 @@ mod tests {
             max: secs(5),
             reset_after: secs(60),
         };
-        assert_eq!(p.next(None, at(1), secs(0)).delay, secs(5));
-        let prev = p.next(None, at(1), secs(0));
-        assert_eq!(p.next(Some(prev), at(2), secs(0)).delay, secs(5));
+        let first = p.next(None, at(1), secs(0));
+        assert_eq!(first.delay, secs(0));
+        let second = p.next(Some(first), at(2), secs(0));
+        assert_eq!(second.delay, secs(5));
+        assert_eq!(p.next(Some(second), at(3), secs(0)).delay, secs(5));
     }
 
     fn exited(name: &str, started: u64, finished: u64) -> v1::ContainerStatus {
@@ -233,9 +242,9 @@ mod tests {
             map.get("job"),
             Some(&Backoff {
                 last_finish: at(50),
-                delay: secs(10)
+                delay: secs(0)
             }),
-            "first exit of job, no start time"
+            "first exit of job restarts at once"
         );
         assert_eq!(map.get("db"), None, "running containers have no backoff");
 

@@ -489,7 +489,64 @@ async fn sync_once(
         .unwrap_or_default();
     lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
     publish(inner, uid, pod, mem, &observed);
+    collect_dead(inner, &name, &observed).await;
     Ok(Step::Done(plan.requeue_after))
+}
+
+/// Removes what the status no longer needs, as the upstream kubelet's garbage
+/// collector does: of each container name only the newest exited instance stays (its
+/// exit is the status's last state, its log what `logs --previous` shows), and sandboxes
+/// that are neither the newest nor ready go once they hold no containers.
+async fn collect_dead(inner: &Inner, pod: &str, observed: &Observed) {
+    let mut rt = inner.cri.runtime.clone();
+    let mut seen = HashSet::new();
+    // `observed.containers` is newest first.
+    for c in &observed.containers {
+        let name = c
+            .labels
+            .get(LABEL_CONTAINER_NAME)
+            .map(String::as_str)
+            .unwrap_or_default();
+        let dead = c.state == v1::ContainerState::ContainerExited as i32;
+        if !dead || seen.insert(name.to_string()) {
+            continue;
+        }
+        tracing::debug!(%pod, container = %name, container.id = %c.id, "removing an old dead container");
+        if let Err(e) = rt
+            .remove_container(v1::RemoveContainerRequest {
+                container_id: c.id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(%pod, container.id = %c.id, err = %e, "removing an old dead container");
+        }
+    }
+    for sb in observed.sandboxes.iter().skip(1) {
+        if sb.state == v1::PodSandboxState::SandboxReady as i32 {
+            continue;
+        }
+        let left = rt
+            .list_containers(v1::ListContainersRequest {
+                filter: Some(v1::ContainerFilter {
+                    pod_sandbox_id: sb.id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(|r| r.into_inner().containers.len());
+        if !matches!(left, Ok(0)) {
+            continue;
+        }
+        tracing::debug!(%pod, sandbox.id = %sb.id, "removing an old sandbox");
+        if let Err(e) = rt
+            .remove_pod_sandbox(v1::RemovePodSandboxRequest {
+                pod_sandbox_id: sb.id.clone(),
+            })
+            .await
+        {
+            tracing::warn!(%pod, sandbox.id = %sb.id, err = %e, "removing an old sandbox");
+        }
+    }
 }
 
 /// Ready and started container ids: a running container without a readiness (startup)
