@@ -1,6 +1,7 @@
 //! Configuration: a TOML file (`--config`), overridden by flags.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -12,6 +13,9 @@ pub const DEFAULT_CONFIG: &str = "/etc/nodelet/cri.toml";
 pub const DEFAULT_SOCKET: &str = "/run/nodelet/cri.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/nodelet/cri";
 pub const DEFAULT_STATE: &str = "/run/nodelet/cri";
+/// The streaming server (Exec, Attach, PortForward URLs): loopback, any free port.
+pub const DEFAULT_STREAMING_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -28,6 +32,9 @@ pub struct Config {
     pub max_layer_bytes: u64,
     /// OCI archives imported at start (air-gapped nodes).
     pub image_preload_dir: Option<PathBuf>,
+    /// Where the streaming server listens (`ip:port`; port 0 picks a free one). Its
+    /// URLs carry single-use tokens; anything but loopback exposes them to the network.
+    pub streaming_addr: SocketAddr,
     pub registry: RegistrySection,
     pub runtime: RuntimeSection,
     pub cni: CniSection,
@@ -134,6 +141,7 @@ impl Default for Config {
             max_concurrent_downloads: 3,
             max_layer_bytes: 32 << 30,
             image_preload_dir: None,
+            streaming_addr: DEFAULT_STREAMING_ADDR,
             registry: RegistrySection::default(),
             runtime: RuntimeSection::default(),
             cni: CniSection::default(),
@@ -295,6 +303,7 @@ mod tests {
             socket = "/tmp/x.sock"
             root = "/tmp/root"
             max_concurrent_downloads = 5
+            streaming_addr = "0.0.0.0:10010"
             [registry]
             insecure = ["127.0.0.1:5000"]
             ca_files = ["/etc/nodelet/certs/ca.pem"]
@@ -309,6 +318,11 @@ mod tests {
         assert_eq!(cfg.socket, PathBuf::from("/tmp/x.sock"));
         assert_eq!(cfg.state, PathBuf::from(DEFAULT_STATE));
         assert_eq!(cfg.max_concurrent_downloads, 5);
+        assert_eq!(
+            cfg.streaming_addr,
+            "0.0.0.0:10010".parse().expect("test fixture")
+        );
+        assert_eq!(Config::default().streaming_addr.to_string(), "127.0.0.1:0");
         let reg = cfg.registry_config();
         assert_eq!(reg.mirrors["docker.io"], vec!["http://127.0.0.1:5001"]);
         assert_eq!(reg.insecure, vec!["127.0.0.1:5000"]);
@@ -334,6 +348,8 @@ mod tests {
             let err = Config::parse(text).expect_err("typo must fail");
             assert!(err.to_string().contains(word), "{err}");
         }
+        let err = Config::parse("streaming_addr = \"localhost\"").expect_err("no port");
+        assert!(err.to_string().contains("streaming_addr"), "{err}");
         let mut cfg = Config::default();
         assert!(cfg.add_mirror("docker.io").is_err());
         cfg.add_mirror("docker.io=http://127.0.0.1:1").expect("ok");

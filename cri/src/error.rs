@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::{image, runtime};
+use crate::{image, runtime, streaming};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,6 +16,8 @@ pub enum Error {
     Image(#[from] image::Error),
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
+    #[error(transparent)]
+    Streaming(#[from] streaming::Error),
     #[error("{what} at {path}: {source}")]
     Io {
         what: &'static str,
@@ -36,6 +38,7 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::Image(e) => image_code(e),
             Error::Runtime(e) => runtime_code(e),
+            Error::Streaming(e) => streaming_code(e),
             Error::Io { .. } => Code::Internal,
         };
         // The full chain, so crictl shows the cause and not only the outer context.
@@ -100,5 +103,53 @@ fn runtime_code(err: &runtime::Error) -> tonic::Code {
         | E::Netns(_)
         | E::Rootfs(_)
         | E::Io { .. } => Code::Internal,
+    }
+}
+
+fn streaming_code(err: &streaming::Error) -> tonic::Code {
+    use streaming::Error as E;
+    use tonic::Code;
+    match err {
+        E::InvalidArgument(_) => Code::InvalidArgument,
+        E::Backend(e) => runtime_code(e),
+        E::TooManyPending(_) => Code::ResourceExhausted,
+        E::Bind { .. } => Code::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_errors_map_like_the_runtime_errors_behind_them() {
+        let not_running = runtime::Error::FailedPrecondition("container c is exited".into());
+        let missing = runtime::Error::NotFound {
+            kind: "container",
+            id: "c".into(),
+        };
+        let bind = streaming::Error::Bind {
+            addr: crate::config::DEFAULT_STREAMING_ADDR,
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        };
+        let table = [
+            (
+                streaming::Error::InvalidArgument("tty and stderr".into()),
+                tonic::Code::InvalidArgument,
+            ),
+            (not_running.into(), tonic::Code::FailedPrecondition),
+            (missing.into(), tonic::Code::NotFound),
+            (
+                streaming::Error::TooManyPending(streaming::cache::Full),
+                tonic::Code::ResourceExhausted,
+            ),
+            (bind, tonic::Code::Internal),
+        ];
+        for (err, code) in table {
+            let text = err.to_string();
+            let status = tonic::Status::from(Error::from(err));
+            assert_eq!(status.code(), code, "{text}");
+            assert!(status.message().contains(&text), "{status:?}");
+        }
     }
 }

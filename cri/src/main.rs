@@ -39,6 +39,10 @@ struct Args {
     /// Import every OCI archive (*.tar, *.oci) in this directory before serving.
     #[arg(long)]
     image_preload_dir: Option<PathBuf>,
+    /// Address of the streaming server behind Exec, Attach and PortForward (ip:port;
+    /// default 127.0.0.1:0, any free loopback port).
+    #[arg(long)]
+    streaming_addr: Option<std::net::SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +73,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.image_preload_dir {
         config.image_preload_dir = Some(v);
+    }
+    if let Some(v) = args.streaming_addr {
+        config.streaming_addr = v;
     }
     config.registry.insecure.extend(args.insecure_registries);
     for m in &args.registry_mirrors {

@@ -2,8 +2,7 @@
 //! become gRPC codes in `crate::error`. RPCs this build does not implement answer
 //! `Unimplemented` (never a fake success): checkpointing, pod-level metrics and pod
 //! resource updates. The streaming ones (`Exec`, `Attach`, `PortForward`) return a URL
-//! of `crate::streaming`; `Attach` answers `Unimplemented` until containers' stdio can
-//! be attached to.
+//! of `crate::streaming`.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -14,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::runtime::Runtime;
-use crate::streaming::{self, StreamingServer};
+use crate::streaming::StreamingServer;
 
 type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
@@ -39,16 +38,6 @@ fn not_built(rpc: &str) -> Status {
 
 fn status(e: impl Into<Error>) -> Status {
     e.into().into()
-}
-
-fn streaming_status(e: streaming::Error) -> Status {
-    match e {
-        streaming::Error::InvalidArgument(msg) => status(Error::InvalidArgument(msg)),
-        streaming::Error::Backend(e) => status(e),
-        streaming::Error::Unsupported(msg) => Status::unimplemented(msg),
-        e @ streaming::Error::TooManyPending(_) => Status::resource_exhausted(e.to_string()),
-        e @ streaming::Error::Bind { .. } => Status::internal(e.to_string()),
-    }
 }
 
 /// Splits a listing into messages of at most `STREAM_CHUNK` items; none for no items.
@@ -281,7 +270,7 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         let url = self
             .streaming
             .exec_url(req.into_inner())
-            .map_err(streaming_status)?;
+            .map_err(Error::from)?;
         Ok(Response::new(v1::ExecResponse { url }))
     }
 
@@ -292,7 +281,7 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         let url = self
             .streaming
             .attach_url(req.into_inner())
-            .map_err(streaming_status)?;
+            .map_err(Error::from)?;
         Ok(Response::new(v1::AttachResponse { url }))
     }
 
@@ -303,7 +292,7 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         let url = self
             .streaming
             .port_forward_url(req.into_inner())
-            .map_err(streaming_status)?;
+            .map_err(Error::from)?;
         Ok(Response::new(v1::PortForwardResponse { url }))
     }
 

@@ -60,16 +60,8 @@ impl Cri {
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         let socket = self.config.socket.clone();
         let listener = bind(&socket)?;
-        let streaming_addr: std::net::SocketAddr = crate::streaming::DEFAULT_ADDR
-            .parse()
-            .map_err(|e| Error::InvalidArgument(format!("streaming address: {e}")))?;
-        let streaming = StreamingServer::start(streaming_addr, self.runtime.clone())
-            .await
-            .map_err(|e| Error::Io {
-                what: "starting the streaming server",
-                path: PathBuf::from(streaming_addr.to_string()),
-                source: std::io::Error::other(e),
-            })?;
+        let streaming =
+            StreamingServer::start(self.config.streaming_addr, self.runtime.clone()).await?;
         tracing::info!(socket = %socket.display(), "serving CRI");
         let runtime = RuntimeServiceServer::new(RuntimeService::new(
             self.runtime.clone(),

@@ -1,5 +1,5 @@
-//! Exec and port-forward through the streaming server, end to end as root: the `cri`
-//! binary, real runc and CNI, and clients that speak what kubectl and crictl speak
+//! Exec, attach and port-forward through the streaming server, end to end as root: the
+//! `cri` binary, real runc and CNI, and clients that speak what kubectl and crictl speak
 //! (WebSocket `v5`/`v4.channel.k8s.io` and SPDY/3.1), written here against the wire
 //! protocol. All traffic goes to 127.0.0.1 (the streaming server) only.
 
@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail, ensure};
 use bytes::{Bytes, BytesMut};
 use cri::streaming::spdy::{Decoder, Encoder, Frame, Headers};
-use e2e::pods::{PodNode, pod_config, run_pod, shell, start};
+use e2e::pods::{PodNode, pod_config, run_pod, shell, start, wait_exited};
 use futures::{SinkExt as _, StreamExt as _};
 use proto::v1;
 use proto::v1::runtime_service_client::RuntimeServiceClient;
@@ -283,8 +283,74 @@ async fn exec_url(
     .url)
 }
 
+async fn attach_url(
+    c: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    (stdin, stdout, stderr, tty): (bool, bool, bool, bool),
+) -> R<String> {
+    Ok(c.attach(v1::AttachRequest {
+        container_id: id.into(),
+        stdin,
+        tty,
+        stdout,
+        stderr,
+        ..Default::default()
+    })
+    .await
+    .context("Attach")?
+    .into_inner()
+    .url)
+}
+
 /// Stdout and stderr, no stdin, no tty.
 const OUT_ERR: (bool, bool, bool, bool) = (false, true, true, false);
+/// Stdin, stdout and stderr, no tty.
+const IN_OUT_ERR: (bool, bool, bool, bool) = (true, true, true, false);
+
+/// A node with one running pod and nothing in it; returns the pod and its config.
+async fn node_with_empty_pod(
+    name: &str,
+) -> R<(
+    PodNode,
+    RuntimeServiceClient<Channel>,
+    String,
+    v1::PodSandboxConfig,
+)> {
+    let node = PodNode::start("")?;
+    let mut c = node.client().await?;
+    let pc = pod_config(&node, name);
+    let pod = run_pod(&mut c, &pc).await?;
+    Ok((node, c, pod, pc))
+}
+
+/// `cat` with a stdin that the first attached client's end of stdin closes, as
+/// `kubectl run -i` creates it.
+fn cat_once() -> v1::ContainerConfig {
+    v1::ContainerConfig {
+        stdin: true,
+        stdin_once: true,
+        ..shell("cat", "exec cat")
+    }
+}
+
+fn code_of(err: &anyhow::Error) -> Option<Code> {
+    err.downcast_ref::<tonic::Status>().map(tonic::Status::code)
+}
+
+/// Reads stdout until it is `want` (a chunk may be split across messages).
+async fn ws_read_stdout(ws: &mut Ws, want: &str) -> R {
+    let mut seen = String::new();
+    while seen != want {
+        ensure!(want.starts_with(&seen), "stdout {seen:?} is not {want:?}");
+        let Some((ch, data)) = ws_next(ws).await? else {
+            bail!("session ended before {want:?}; got {seen:?}");
+        };
+        if ch == STDOUT {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    Ok(())
+}
 
 /// A node with one running pod holding a `sleep` container and a busybox httpd that
 /// serves `/tmp/index.html` on port 8080.
@@ -588,18 +654,20 @@ async fn streaming_requests_are_validated() -> R {
         err.downcast_ref::<tonic::Status>().map(tonic::Status::code),
         Some(Code::NotFound)
     );
-    let attach = c
-        .attach(v1::AttachRequest {
-            container_id: id,
-            stdin: false,
-            tty: false,
-            stdout: true,
-            stderr: true,
-            ..Default::default()
-        })
+    // Attach must match how the container was created: `sleeper` has no stdin, no TTY.
+    let err = attach_url(&mut c, &id, IN_OUT_ERR)
         .await
-        .expect_err("attach is not available");
-    assert_eq!(attach.code(), Code::Unimplemented, "{attach:?}");
+        .expect_err("stdin of a container created without it");
+    assert_eq!(code_of(&err), Some(Code::InvalidArgument), "{err:#}");
+    let err = attach_url(&mut c, &id, (false, true, false, true))
+        .await
+        .expect_err("a TTY the container does not have");
+    assert_eq!(code_of(&err), Some(Code::InvalidArgument), "{err:#}");
+    let err = attach_url(&mut c, "no-such-container", OUT_ERR)
+        .await
+        .expect_err("missing container");
+    assert_eq!(code_of(&err), Some(Code::NotFound), "{err:#}");
+    attach_url(&mut c, &id, OUT_ERR).await?;
     let pf = c
         .port_forward(v1::PortForwardRequest {
             pod_sandbox_id: "no-such-pod".into(),
@@ -609,5 +677,148 @@ async fn streaming_requests_are_validated() -> R {
         .expect_err("missing pod");
     assert_eq!(pf.code(), Code::NotFound);
     let _ = pod;
+    Ok(())
+}
+
+#[tokio::test]
+async fn attach_over_websocket_to_cat_until_stdin_closes() -> R {
+    let (_node, mut c, pod, pc) = node_with_empty_pod("ws-attach").await?;
+    let cat = start(&mut c, &pod, &pc, cat_once()).await?;
+
+    let url = attach_url(&mut c, &cat, IN_OUT_ERR).await?;
+    let (mut ws, chosen) = ws_connect(&url, &["v5.channel.k8s.io"]).await?;
+    assert_eq!(chosen.as_deref(), Some("v5.channel.k8s.io"));
+    ws_send(&mut ws, STDIN, b"hello\n").await?;
+    ws_read_stdout(&mut ws, "hello\n").await?;
+    // v5's close of stdin: with stdin_once the container's stdin closes, cat ends, and
+    // so does the attach.
+    ws.send(Message::Binary(vec![255, STDIN].into())).await?;
+    let got = ws_drain(&mut ws).await?;
+    assert_eq!(text(&got, STDOUT), "", "{got:?}");
+    assert_eq!(status(&got)?["status"], "Success");
+    let st = wait_exited(&mut c, &cat, SESSION).await?;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+
+    // Nothing runs there any more.
+    let err = attach_url(&mut c, &cat, OUT_ERR)
+        .await
+        .expect_err("attach to an exited container");
+    assert_eq!(code_of(&err), Some(Code::FailedPrecondition), "{err:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn attach_over_spdy_to_cat_until_stdin_ends() -> R {
+    let (_node, mut c, pod, pc) = node_with_empty_pod("spdy-attach").await?;
+    let cat = start(&mut c, &pod, &pc, cat_once()).await?;
+
+    let url = attach_url(&mut c, &cat, IN_OUT_ERR).await?;
+    let (mut s, chosen) = Spdy::connect(&url, &["v4.channel.k8s.io"]).await?;
+    assert_eq!(chosen, "v4.channel.k8s.io");
+    let error = s.open(&[("streamType", "error")]).await?;
+    let stdin = s.open(&[("streamType", "stdin")]).await?;
+    let out = s.open(&[("streamType", "stdout")]).await?;
+    let err = s.open(&[("streamType", "stderr")]).await?;
+    s.until(|s| {
+        [error, stdin, out, err]
+            .iter()
+            .all(|id| s.replied.contains(id))
+    })
+    .await?;
+    s.send(stdin, b"hello\n", false).await?;
+    s.until(|s| s.text(out) == "hello\n").await?;
+    // The end of the stdin stream closes the container's stdin.
+    s.send(stdin, b"", true).await?;
+    s.until(|s| s.fin.contains(&error) && s.fin.contains(&out))
+        .await?;
+    assert_eq!(s.text(out), "hello\n");
+    let st: serde_json::Value = serde_json::from_str(&s.text(error))?;
+    assert_eq!(st["status"], "Success");
+    let st = wait_exited(&mut c, &cat, SESSION).await?;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn attach_to_a_tty_shell_with_resize() -> R {
+    let (_node, mut c, pod, pc) = node_with_empty_pod("tty-attach").await?;
+    let sh = start(
+        &mut c,
+        &pod,
+        &pc,
+        v1::ContainerConfig {
+            command: vec!["sh".into()],
+            stdin: true,
+            stdin_once: true,
+            tty: true,
+            ..shell("sh", "")
+        },
+    )
+    .await?;
+
+    let url = attach_url(&mut c, &sh, (true, true, false, true)).await?;
+    let (mut ws, _) = ws_connect(&url, &["v5.channel.k8s.io"]).await?;
+    ws_send(&mut ws, RESIZE, br#"{"Width":123,"Height":45}"#).await?;
+    ws_send(&mut ws, STDIN, b"busybox stty size\n").await?;
+    let mut seen = String::new();
+    while !seen.contains("45 123") {
+        let Some((ch, data)) = ws_next(&mut ws).await? else {
+            bail!("session ended before the size showed: {seen:?}");
+        };
+        ensure!(ch != STDERR, "a TTY has no stderr: {data:?}");
+        seen.push_str(&String::from_utf8_lossy(&data));
+    }
+    // The shell's exit ends the container, and with it the attach.
+    ws_send(&mut ws, STDIN, b"exit 3\n").await?;
+    let got = ws_drain(&mut ws).await?;
+    assert_eq!(status(&got)?["status"], "Success", "{got:?}");
+    let st = wait_exited(&mut c, &sh, SESSION).await?;
+    assert_eq!(st.exit_code, 3, "{st:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn attach_stdout_only_to_a_printer_until_it_stops() -> R {
+    let (_node, mut c, pod, pc) = node_with_empty_pod("out-attach").await?;
+    let printer = start(
+        &mut c,
+        &pod,
+        &pc,
+        shell(
+            "printer",
+            "trap 'exit 0' TERM; i=0; while true; do echo line $i; echo noise >&2; i=$((i+1)); sleep 0.1; done",
+        ),
+    )
+    .await?;
+
+    // A client that leaves detaches; the container runs on and takes another.
+    let url = attach_url(&mut c, &printer, (false, true, false, false)).await?;
+    let (mut ws, _) = ws_connect(&url, &["v5.channel.k8s.io"]).await?;
+    ensure!(ws_next(&mut ws).await?.is_some(), "no output");
+    drop(ws);
+    let url = attach_url(&mut c, &printer, (false, true, false, false)).await?;
+    let (mut ws, _) = ws_connect(&url, &["v5.channel.k8s.io"]).await?;
+    let mut seen = String::new();
+    while seen.matches("line ").count() < 3 {
+        let Some((ch, data)) = ws_next(&mut ws).await? else {
+            bail!("session ended early: {seen:?}");
+        };
+        ensure!(ch == STDOUT, "channel {ch} was not asked for: {data:?}");
+        seen.push_str(&String::from_utf8_lossy(&data));
+    }
+    // Lines come whole and in order from where the attach started.
+    let numbers: Vec<u64> = seen
+        .lines()
+        .filter_map(|l| l.strip_prefix("line ")?.parse().ok())
+        .collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    c.stop_container(v1::StopContainerRequest {
+        container_id: printer.clone(),
+        timeout: 10,
+    })
+    .await?;
+    let got = ws_drain(&mut ws).await?;
+    assert!(!got.contains_key(&STDERR), "{got:?}");
+    assert_eq!(status(&got)?["status"], "Success");
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! The runtime side of the streaming verbs (`Exec`, `PortForward`; `Attach` is not
-//! available): processes and sockets wired to channels that the streaming server
+//! The runtime side of the streaming verbs (`Exec`, `Attach`, `PortForward`):
+//! processes and sockets wired to channels that the streaming server
 //! (`crate::streaming`) fills from and drains to its clients.
 //!
 //! Exec runs `runc exec --process FILE` in the foreground, so its exit status is the
@@ -8,6 +8,15 @@
 //! `--detach`, and a detached exec's exit status would be lost to whoever reaps it): we
 //! open a pseudo-terminal, hand runc the slave as its stdio, and runc relays between it
 //! and the container's console, which it sizes from ours on start and on SIGWINCH.
+//!
+//! Attach connects to the container's `cri-monitor` on its attach socket
+//! ([`monitor::attach`]): output frames go to the client's stdout/stderr, the client's
+//! stdin and resizes go to the monitor, and the end of the client's stdin becomes the
+//! monitor's close-stdin (which closes the container's stdin if it is `stdin_once`).
+//! It ends when the monitor closes the socket (the container exited), when the client
+//! stops taking output, or, as containerd does, when the client's stdin ends and the
+//! container is not `stdin_once` (a detach). The streaming server drops it when the
+//! client's connection ends; the container runs on either way.
 //!
 //! Port-forward connects to `127.0.0.1:<port>` inside the pod's network namespace from
 //! a short-lived std thread that joins it (`setns` changes only the calling thread, and
@@ -19,10 +28,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use proto::v1;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Error, Result, Runtime, io_err};
+use super::logfmt::Stream;
+use super::monitor::{self, AttachReader, AttachWriter};
+use super::{Container, Error, Result, Runtime, io_err};
 
 /// How long output may keep flowing after the process exited (a background child can
 /// hold the pipes open forever).
@@ -55,6 +67,67 @@ impl Runtime {
     /// a URL).
     pub fn check_exec(&self, id: &str) -> Result<()> {
         self.running_container(id).map(drop)
+    }
+
+    /// The container `id` if an attach with these options may start: it is running,
+    /// was created with stdin if `stdin` is asked for, and has a TTY exactly when `tty`
+    /// is asked for (whether its process has a terminal cannot change once it runs).
+    pub fn attachable(&self, id: &str, stdin: bool, tty: bool) -> Result<Container> {
+        let c = self.containers.get(id)?;
+        if !c.running() {
+            return Err(not_running(&c.id, c.state()));
+        }
+        if stdin && !c.config.stdin {
+            return Err(Error::InvalidArgument(format!(
+                "cannot attach stdin to container {}: it was created without stdin",
+                c.id
+            )));
+        }
+        if tty != c.config.tty {
+            return Err(Error::InvalidArgument(format!(
+                "attach with tty={tty} to container {}, which was created with tty={}",
+                c.id, c.config.tty
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Wires `io` to the stdio of the running container `id` through its monitor until
+    /// the container exits, the client stops taking output, or the client detaches
+    /// (see the module docs).
+    #[tracing::instrument(skip_all, fields(container.id = %id, tty = io.tty))]
+    pub async fn attach_stream(&self, id: &str, io: StreamIo) -> Result<()> {
+        let c = self.attachable(id, io.stdin.is_some(), io.tty)?;
+        let bundle = self.containers.dir_of(&c.id);
+        let attached = match monitor::attach(&bundle).await {
+            Ok(a) => a,
+            // No monitor listens: the container exited since its record was read.
+            Err(monitor::Error::Attach { ref source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(not_running(&c.id, v1::ContainerState::ContainerExited));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::debug!("attached to the monitor");
+        let (reader, writer) = attached.split();
+        let StreamIo {
+            stdin,
+            stdout,
+            stderr,
+            resize,
+            ..
+        } = io;
+        tokio::select! {
+            done = copy_output(reader, stdout, stderr) => done,
+            () = feed_input(writer, stdin, resize, c.config.stdin_once) => {
+                tracing::debug!("the client's stdin ended: detached");
+                Ok(())
+            }
+        }
     }
 
     /// Fails unless `id` is a ready sandbox (what `PortForward` checks).
@@ -162,6 +235,91 @@ impl Runtime {
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(stream))
             .map_err(io_err("registering the pod connection from", &netns))
+    }
+}
+
+fn not_running(id: &str, state: v1::ContainerState) -> Error {
+    let state = match state {
+        v1::ContainerState::ContainerCreated => "created but not started",
+        v1::ContainerState::ContainerExited => "exited",
+        v1::ContainerState::ContainerRunning | v1::ContainerState::ContainerUnknown => {
+            "not running"
+        }
+    };
+    Error::FailedPrecondition(format!("cannot attach to container {id}: it is {state}"))
+}
+
+/// Copies the container's output to the client's channels (dropping a stream the client
+/// did not ask for) until the monitor closes the socket, which it does once the
+/// container exited and its output was delivered, or until the client stops taking it.
+async fn copy_output(
+    mut from: AttachReader,
+    stdout: Option<mpsc::Sender<Bytes>>,
+    stderr: Option<mpsc::Sender<Bytes>>,
+) -> Result<()> {
+    while let Some((stream, data)) = from.next().await? {
+        let to = match stream {
+            Stream::Stdout => &stdout,
+            Stream::Stderr => &stderr,
+        };
+        if let Some(tx) = to
+            && tx.send(data).await.is_err()
+        {
+            tracing::debug!("the client stopped taking output");
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Feeds the client's stdin and resizes to the monitor. The end of the client's stdin
+/// is sent as close-stdin; then, unless the container is `stdin_once`, this returns
+/// (the client detached). Otherwise it never returns: `to` must stay open, or the
+/// monitor would take the closed socket for a client that left.
+async fn feed_input(
+    mut to: AttachWriter,
+    mut stdin: Option<mpsc::Receiver<Bytes>>,
+    mut resize: Option<mpsc::Receiver<TermSize>>,
+    stdin_once: bool,
+) {
+    // Once a write fails the monitor is gone (the container exited): the output side
+    // sees the end of the socket and finishes the attach.
+    let mut open = true;
+    loop {
+        // Resizes first: a client that resizes and then types expects the typed
+        // command to see the new size.
+        tokio::select! {
+            biased;
+            size = recv(&mut resize) => match size {
+                Some(size) if open => {
+                    if let Err(e) = to.resize(size.width, size.height).await {
+                        tracing::debug!(err = %e, "resizing through the monitor");
+                        open = false;
+                    }
+                }
+                Some(_) => {}
+                None => resize = None,
+            },
+            data = recv(&mut stdin) => match data {
+                Some(data) if open => {
+                    if let Err(e) = to.stdin(&data).await {
+                        tracing::debug!(err = %e, "writing stdin to the monitor");
+                        open = false;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    stdin = None;
+                    if open && let Err(e) = to.close_stdin().await {
+                        tracing::debug!(err = %e, "closing stdin through the monitor");
+                        open = false;
+                    }
+                    if !stdin_once {
+                        return;
+                    }
+                }
+            },
+        }
     }
 }
 
@@ -444,6 +602,103 @@ mod tests {
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("got:hello"), "{text:?}");
         assert!(text.contains("45 123"), "{text:?}");
+    }
+
+    /// Frames a fake monitor read from an attach client, stdin joined.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Input {
+        Stdin(Vec<u8>),
+        Resize(u16, u16),
+        Close,
+    }
+
+    fn decode_input(wire: &[u8]) -> Vec<Input> {
+        let mut got = Vec::new();
+        monitor::InputDecoder::new().feed(wire, &mut |i| match i {
+            monitor::AttachInput::Stdin(b) => got.push(Input::Stdin(b.to_vec())),
+            monitor::AttachInput::Resize { width, height } => {
+                got.push(Input::Resize(width, height))
+            }
+            monitor::AttachInput::CloseStdin => got.push(Input::Close),
+        });
+        got
+    }
+
+    /// A listener where a monitor would be, and a client attached to it.
+    async fn fake_monitor(bundle: &Path) -> (tokio::net::UnixStream, AttachReader, AttachWriter) {
+        let listener = tokio::net::UnixListener::bind(monitor::attach_socket_path(bundle))
+            .expect("test fixture");
+        let attached = monitor::attach(bundle).await.expect("test fixture");
+        let (server, _) = listener.accept().await.expect("test fixture");
+        let (reader, writer) = attached.split();
+        (server, reader, writer)
+    }
+
+    #[tokio::test]
+    async fn attach_input_reaches_the_monitor_in_order() {
+        use futures::FutureExt as _;
+        for stdin_once in [false, true] {
+            let dir = tempfile::tempdir().expect("test fixture");
+            let (mut server, _reader, writer) = fake_monitor(dir.path()).await;
+            let (stdin_tx, stdin_rx) = mpsc::channel(4);
+            let (resize_tx, resize_rx) = mpsc::channel(4);
+            stdin_tx
+                .send(Bytes::from_static(b"abc"))
+                .await
+                .expect("test fixture");
+            resize_tx
+                .send(TermSize {
+                    width: 80,
+                    height: 24,
+                })
+                .await
+                .expect("test fixture");
+            drop((stdin_tx, resize_tx));
+            // Everything is queued, so one poll does all there is to do. The end of
+            // stdin detaches unless the container is stdin_once.
+            let done = feed_input(writer, Some(stdin_rx), Some(resize_rx), stdin_once)
+                .now_or_never()
+                .is_some();
+            assert_eq!(done, !stdin_once);
+            let mut wire = Vec::new();
+            server.read_to_end(&mut wire).await.expect("test fixture");
+            assert_eq!(
+                decode_input(&wire),
+                vec![
+                    Input::Resize(80, 24),
+                    Input::Stdin(b"abc".to_vec()),
+                    Input::Close
+                ],
+                "stdin_once={stdin_once}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn attach_output_goes_to_the_streams_asked_for_until_the_monitor_closes() {
+        let dir = tempfile::tempdir().expect("test fixture");
+        let (mut server, reader, _writer) = fake_monitor(dir.path()).await;
+        let mut wire = Vec::new();
+        for (stream, data) in [
+            (Stream::Stdout, &b"out"[..]),
+            (Stream::Stderr, b"err"),
+            (Stream::Stdout, b"more"),
+        ] {
+            let len = u32::try_from(data.len()).expect("test fixture");
+            wire.extend_from_slice(&monitor::output_header(stream, len));
+            wire.extend_from_slice(data);
+        }
+        server.write_all(&wire).await.expect("test fixture");
+        drop(server);
+        let (tx, mut rx) = mpsc::channel(8);
+        copy_output(reader, Some(tx), None)
+            .await
+            .expect("a clean end");
+        let mut got = Vec::new();
+        while let Some(b) = rx.recv().await {
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, b"outmore");
     }
 
     #[test]

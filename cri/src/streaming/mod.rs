@@ -30,16 +30,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use crate::runtime::container_stream::{StreamIo, TermSize};
 use crate::runtime::{self, Runtime};
 
-/// The default address: loopback, any free port.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:0";
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-    /// A verb this runtime cannot serve (gRPC `Unimplemented`).
-    #[error("{0}")]
-    Unsupported(&'static str),
     /// The container or sandbox cannot be streamed to now (not found, not running).
     #[error(transparent)]
     Backend(#[from] runtime::Error),
@@ -62,12 +56,13 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
 /// What the streaming server needs from the runtime.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
-    /// Fails unless an exec (or attach) in `container_id` can start now.
+    /// Fails unless an exec in `container_id` can start now.
     fn check_container(&self, container_id: &str) -> runtime::Result<()>;
+    /// Fails unless an attach to `container_id` with these options can start now: the
+    /// container runs, was created with stdin if `stdin`, and has a TTY iff `tty`.
+    fn check_attach(&self, container_id: &str, stdin: bool, tty: bool) -> runtime::Result<()>;
     /// Fails unless ports of `sandbox_id` can be reached now.
     fn check_sandbox(&self, sandbox_id: &str) -> runtime::Result<()>;
-    /// Whether `attach` is available at all.
-    fn attach_supported(&self) -> bool;
     /// Runs `cmd` in the container wired to `io`; returns its exit code.
     async fn exec(&self, container_id: &str, cmd: &[String], io: StreamIo) -> runtime::Result<i32>;
     /// Wires `io` to the container's own stdio until it exits or the client leaves.
@@ -76,32 +71,26 @@ pub trait Backend: Send + Sync + 'static {
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> runtime::Result<Box<dyn Duplex>>;
 }
 
-/// Why `Attach` is refused: the container's stdio belongs to its `cri-monitor`, which
-/// offers no attach socket.
-const ATTACH_UNSUPPORTED: &str = "Attach is not supported by this runtime: cri-monitor exposes no attach socket for container stdio";
-
 #[async_trait::async_trait]
 impl Backend for Runtime {
     fn check_container(&self, container_id: &str) -> runtime::Result<()> {
         self.check_exec(container_id)
     }
 
-    fn check_sandbox(&self, sandbox_id: &str) -> runtime::Result<()> {
-        self.check_port_forward(sandbox_id)
+    fn check_attach(&self, container_id: &str, stdin: bool, tty: bool) -> runtime::Result<()> {
+        self.attachable(container_id, stdin, tty).map(drop)
     }
 
-    fn attach_supported(&self) -> bool {
-        false
+    fn check_sandbox(&self, sandbox_id: &str) -> runtime::Result<()> {
+        self.check_port_forward(sandbox_id)
     }
 
     async fn exec(&self, container_id: &str, cmd: &[String], io: StreamIo) -> runtime::Result<i32> {
         self.exec_stream(container_id, cmd, io).await
     }
 
-    async fn attach(&self, _container_id: &str, _io: StreamIo) -> runtime::Result<()> {
-        Err(runtime::Error::FailedPrecondition(
-            ATTACH_UNSUPPORTED.into(),
-        ))
+    async fn attach(&self, container_id: &str, io: StreamIo) -> runtime::Result<()> {
+        self.attach_stream(container_id, io).await
     }
 
     async fn port_forward(&self, sandbox_id: &str, port: u16) -> runtime::Result<Box<dyn Duplex>> {
@@ -186,7 +175,8 @@ impl StreamingServer {
         Ok(format!("{}/exec/{token}", self.base_url))
     }
 
-    /// Validates an `Attach` request and returns its URL.
+    /// Validates an `Attach` request (as for exec, and against the container's own
+    /// stdin and TTY) and returns its URL.
     pub fn attach_url(&self, req: v1::AttachRequest) -> Result<String> {
         if req.container_id.is_empty() {
             return Err(Error::InvalidArgument(
@@ -194,10 +184,9 @@ impl StreamingServer {
             ));
         }
         check_streams(req.tty, req.stdin, req.stdout, req.stderr)?;
-        if !self.state.backend.attach_supported() {
-            return Err(Error::Unsupported(ATTACH_UNSUPPORTED));
-        }
-        self.state.backend.check_container(&req.container_id)?;
+        self.state
+            .backend
+            .check_attach(&req.container_id, req.stdin, req.tty)?;
         let token = self.state.cache.insert(cache::Pending::Attach(req))?;
         Ok(format!("{}/attach/{token}", self.base_url))
     }

@@ -1,5 +1,8 @@
 //! Exec and attach sessions: the client's channels (WebSocket) or streams (SPDY) wired
 //! to a [`StreamIo`] for the backend, and the outcome reported on the error channel.
+//!
+//! An exec ends with its process. An attach ends when the container exits, or when
+//! the client goes away (its connection ends): attaching never outlives the client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
 
 use super::protocol::{self, Incoming, ResizeDecoder, Version, header, stream_type};
 use super::spdy::conn::{Connection, Stream, Writer};
@@ -43,7 +47,13 @@ pub struct Options {
     pub tty: bool,
 }
 
-async fn run(backend: &dyn Backend, target: &Target, io: StreamIo) -> Outcome {
+/// Runs the target; `client_gone` is cancelled when the client's connection ended.
+async fn run(
+    backend: &dyn Backend,
+    target: &Target,
+    io: StreamIo,
+    client_gone: CancellationToken,
+) -> Outcome {
     match target {
         Target::Exec { container_id, cmd } => match backend.exec(container_id, cmd, io).await {
             Ok(code) => Outcome::Exited {
@@ -52,13 +62,22 @@ async fn run(backend: &dyn Backend, target: &Target, io: StreamIo) -> Outcome {
             },
             Err(e) => Outcome::Failed(format!("error executing command in container: {e}")),
         },
-        Target::Attach { container_id } => match backend.attach(container_id, io).await {
-            Ok(()) => Outcome::Exited {
-                code: 0,
-                cmd: Vec::new(),
-            },
-            Err(e) => Outcome::Failed(format!("error attaching to container: {e}")),
-        },
+        Target::Attach { container_id } => {
+            // Dropping the attach detaches from the container, which keeps running.
+            tokio::select! {
+                r = backend.attach(container_id, io) => match r {
+                    Ok(()) => Outcome::Exited {
+                        code: 0,
+                        cmd: Vec::new(),
+                    },
+                    Err(e) => Outcome::Failed(format!("error attaching to container: {e}")),
+                },
+                () = client_gone.cancelled() => {
+                    tracing::debug!("the client went away: detached");
+                    Outcome::Failed("the client went away".into())
+                }
+            }
+        }
     }
 }
 
@@ -109,7 +128,10 @@ pub async fn serve_websocket<S>(
             pumps.push(tokio::spawn(ws::forward(rx, channel, out.clone())));
         }
     }
+    let client_gone = CancellationToken::new();
+    let gone_on_exit = client_gone.clone().drop_guard();
     let reader = tokio::spawn(async move {
+        let _gone_on_exit = gone_on_exit;
         let mut sizes = ResizeDecoder::default();
         while let Some(msg) = source.next().await {
             let data = match msg {
@@ -145,7 +167,7 @@ pub async fn serve_websocket<S>(
             }
         }
     });
-    let outcome = run(backend.as_ref(), &target, io).await;
+    let outcome = run(backend.as_ref(), &target, io, client_gone).await;
     for p in pumps {
         let _ = p.await;
     }
@@ -247,7 +269,7 @@ pub async fn serve_spdy(
             pumps.push(tokio::spawn(forward(rx, writer.clone(), s.id)));
         }
     }
-    let outcome = run(backend.as_ref(), &target, io).await;
+    let outcome = run(backend.as_ref(), &target, io, conn.peer_gone()).await;
     for p in pumps {
         let _ = p.await;
     }

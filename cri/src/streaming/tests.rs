@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -27,14 +28,31 @@ enum Call {
         sandbox: String,
         port: u16,
     },
+    Attach {
+        id: String,
+        stdin: bool,
+        tty: bool,
+    },
 }
 
 /// Exec: `echo ARGS` writes them to stdout, `cat` copies stdin to stdout, `fail` writes
 /// to stderr and exits 7, `size` reports resizes; unknown containers are not found.
 /// Port-forward: port 80 answers `pong:` + what it read until EOF; others are refused.
+/// Attach: container `c1` has stdin and no TTY; with stdin its output is its input,
+/// without it says `attached` and runs until dropped (counted in `detached`).
 #[derive(Default)]
 struct Fake {
     calls: Mutex<Vec<Call>>,
+    detached: Arc<AtomicUsize>,
+}
+
+/// Counts a drop: an attach the server gave up.
+struct CountDrop(Arc<AtomicUsize>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Fake {
@@ -66,8 +84,14 @@ impl Backend for Fake {
         }
     }
 
-    fn attach_supported(&self) -> bool {
-        false
+    fn check_attach(&self, id: &str, _stdin: bool, tty: bool) -> runtime::Result<()> {
+        self.check_container(id)?;
+        if tty {
+            return Err(runtime::Error::InvalidArgument(format!(
+                "container {id} has no tty"
+            )));
+        }
+        Ok(())
     }
 
     async fn exec(&self, id: &str, cmd: &[String], mut io: StreamIo) -> runtime::Result<i32> {
@@ -117,8 +141,24 @@ impl Backend for Fake {
         }
     }
 
-    async fn attach(&self, _id: &str, _io: StreamIo) -> runtime::Result<()> {
-        Err(runtime::Error::FailedPrecondition("no attach".into()))
+    async fn attach(&self, id: &str, mut io: StreamIo) -> runtime::Result<()> {
+        self.calls.lock().expect("test fixture").push(Call::Attach {
+            id: id.into(),
+            stdin: io.stdin.is_some(),
+            tty: io.tty,
+        });
+        let Some(out) = io.stdout.take() else {
+            return Ok(());
+        };
+        if let Some(stdin) = io.stdin.as_mut() {
+            while let Some(b) = stdin.recv().await {
+                let _ = out.send(b).await;
+            }
+            return Ok(());
+        }
+        let _count = CountDrop(self.detached.clone());
+        let _ = out.send(Bytes::from_static(b"attached\n")).await;
+        std::future::pending().await
     }
 
     async fn port_forward(&self, sandbox: &str, port: u16) -> runtime::Result<Box<dyn Duplex>> {
@@ -148,7 +188,7 @@ impl Backend for Fake {
 
 async fn server() -> (StreamingServer, Arc<Fake>) {
     let fake = Arc::new(Fake::default());
-    let addr = DEFAULT_ADDR.parse().expect("test fixture");
+    let addr = crate::config::DEFAULT_STREAMING_ADDR;
     let s = StreamingServer::start(addr, fake.clone())
         .await
         .expect("test fixture");
@@ -247,12 +287,28 @@ async fn requests_are_validated_like_containerd() {
         s.exec_url(missing),
         Err(Error::Backend(runtime::Error::NotFound { .. }))
     ));
-    let attach = s.attach_url(v1::AttachRequest {
-        container_id: "c1".into(),
-        stdout: true,
-        ..Default::default()
-    });
-    assert!(matches!(attach, Err(Error::Unsupported(_))), "{attach:?}");
+    let attach = |container_id: &str, tty: bool| {
+        s.attach_url(v1::AttachRequest {
+            container_id: container_id.into(),
+            stdout: true,
+            tty,
+            ..Default::default()
+        })
+    };
+    assert!(
+        attach("c1", false)
+            .expect("test fixture")
+            .starts_with(&format!("http://{}/attach/", s.addr()))
+    );
+    assert!(matches!(
+        attach("c1", true),
+        Err(Error::Backend(runtime::Error::InvalidArgument(_)))
+    ));
+    assert!(matches!(
+        attach("nope", false),
+        Err(Error::Backend(runtime::Error::NotFound { .. }))
+    ));
+    assert!(matches!(attach("", false), Err(Error::InvalidArgument(_))));
     let pf = |id: &str, port| {
         s.port_forward_url(v1::PortForwardRequest {
             pod_sandbox_id: id.into(),
@@ -579,6 +635,96 @@ async fn websocket_port_forward_announces_ports_and_relays() {
     assert_eq!(&got[&3][..2], &81u16.to_le_bytes());
     assert!(String::from_utf8_lossy(&got[&3]).contains("error forwarding port 81"));
     assert_eq!(&got[&0][2..], b"pong:hello");
+}
+
+fn attach_req(stdin: bool) -> v1::AttachRequest {
+    v1::AttachRequest {
+        container_id: "c1".into(),
+        stdin,
+        stdout: true,
+        stderr: true,
+        tty: false,
+        ..Default::default()
+    }
+}
+
+/// Waits (bounded) until the fake counted `n` attaches the server gave up.
+async fn until_detached(fake: &Fake, n: usize) {
+    for _ in 0..200 {
+        if fake.detached.load(Ordering::SeqCst) >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the attach was not dropped after the client left");
+}
+
+#[tokio::test]
+async fn websocket_attach_relays_stdin_and_ends_with_the_client() {
+    let (s, fake) = server().await;
+    let url = s.attach_url(attach_req(true)).expect("test fixture");
+    assert!(url.contains("/attach/"), "{url}");
+    let mut w = ws(&url, "v5.channel.k8s.io").await.expect("test fixture");
+    send(&mut w, 0, b"typed").await;
+    w.send(Message::Binary(vec![255, 0].into()))
+        .await
+        .expect("test fixture");
+    let got = drain(&mut w).await;
+    assert_eq!(got[&1], b"typed");
+    assert_eq!(json(&got[&3])["status"], "Success");
+    assert_eq!(
+        fake.calls(),
+        vec![Call::Attach {
+            id: "c1".into(),
+            stdin: true,
+            tty: false
+        }]
+    );
+
+    // Without stdin the attach runs until the client leaves.
+    let url = s.attach_url(attach_req(false)).expect("test fixture");
+    let mut w = ws(&url, "v5.channel.k8s.io").await.expect("test fixture");
+    let first = tokio::time::timeout(Duration::from_secs(20), w.next())
+        .await
+        .expect("output in time");
+    assert!(
+        matches!(&first, Some(Ok(Message::Binary(b))) if b[..] == b"\x01attached\n"[..]),
+        "{first:?}"
+    );
+    drop(w);
+    until_detached(&fake, 1).await;
+}
+
+#[tokio::test]
+async fn spdy_attach_ends_at_stdin_fin_or_with_the_client() {
+    let (s, fake) = server().await;
+    let url = s.attach_url(attach_req(true)).expect("test fixture");
+    let (mut c, head) = Spdy::connect(&url, "v4.channel.k8s.io").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    c.open(1, &[("streamType", "error")]).await;
+    c.open(3, &[("streamType", "stdin")]).await;
+    c.open(5, &[("streamType", "stdout")]).await;
+    c.open(7, &[("streamType", "stderr")]).await;
+    c.until(|c| c.replied.len() == 4).await;
+    c.write(Frame::Data {
+        stream_id: 3,
+        fin: true,
+        data: Bytes::from_static(b"over spdy"),
+    })
+    .await;
+    c.until(|c| c.fin.contains(&1) && c.fin.contains(&5)).await;
+    assert_eq!(c.data[&5], b"over spdy");
+    assert_eq!(json(&c.data[&1])["status"], "Success");
+
+    let url = s.attach_url(attach_req(false)).expect("test fixture");
+    let (mut c, _) = Spdy::connect(&url, "v4.channel.k8s.io").await;
+    c.open(1, &[("streamType", "error")]).await;
+    c.open(3, &[("streamType", "stdout")]).await;
+    c.open(5, &[("streamType", "stderr")]).await;
+    c.until(|c| c.data.get(&3).is_some_and(|d| d == b"attached\n"))
+        .await;
+    drop(c);
+    until_detached(&fake, 1).await;
 }
 
 #[tokio::test]

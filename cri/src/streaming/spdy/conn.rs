@@ -15,6 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{Decoder, Encoder, Frame, Headers, MAX_PAYLOAD, rst};
 
@@ -94,6 +95,8 @@ pub struct Connection {
     writer: Writer,
     reader: JoinHandle<()>,
     write_task: JoinHandle<()>,
+    /// Cancelled when the reader ends: the peer closed or broke the connection.
+    peer_gone: CancellationToken,
 }
 
 impl std::fmt::Debug for Connection {
@@ -113,17 +116,26 @@ impl Connection {
         let writer = Writer { tx };
         let write_task = tokio::spawn(write_loop(FramedWrite::new(write, Encoder::new()?), rx));
         let (incoming_tx, incoming) = mpsc::channel(16);
+        let peer_gone = CancellationToken::new();
         let reader = tokio::spawn(read_loop(
             FramedRead::new(read, Decoder::new()),
             writer.clone(),
             incoming_tx,
+            peer_gone.clone().drop_guard(),
         ));
         Ok(Self {
             incoming,
             writer,
             reader,
             write_task,
+            peer_gone,
         })
+    }
+
+    /// Cancelled once nothing more can come from the peer: it closed the connection,
+    /// the socket broke, or we closed it.
+    pub fn peer_gone(&self) -> CancellationToken {
+        self.peer_gone.clone()
     }
 
     /// The next stream the peer opens; `None` once the connection is gone.
@@ -205,6 +217,7 @@ async fn read_loop<R>(
     mut frames: FramedRead<R, Decoder>,
     writer: Writer,
     incoming: mpsc::Sender<Stream>,
+    _peer_gone: DropGuard,
 ) where
     R: AsyncRead + Send + Unpin + 'static,
 {
