@@ -285,6 +285,11 @@ impl KubeletNode {
     }
 
     /// The kubelet's log so far.
+    /// The kubelet's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
