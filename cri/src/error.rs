@@ -12,6 +12,8 @@ pub enum Error {
     NotFound { kind: &'static str, id: String },
     #[error("{kind} {id:?} already exists")]
     AlreadyExists { kind: &'static str, id: String },
+    #[error("missed {0} container events; relist and subscribe again")]
+    EventsLagged(u64),
     #[error(transparent)]
     Image(#[from] image::Error),
     #[error(transparent)]
@@ -36,6 +38,7 @@ impl From<Error> for tonic::Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::EventsLagged(_) => Code::ResourceExhausted,
             Error::Image(e) => image_code(e),
             Error::Runtime(e) => runtime_code(e),
             Error::Streaming(e) => streaming_code(e),

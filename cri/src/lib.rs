@@ -11,7 +11,6 @@ pub mod runtime;
 pub mod runtime_service;
 pub mod server;
 pub mod streaming;
-pub mod sys;
 
 pub use config::Config;
 pub use error::{Error, Result};

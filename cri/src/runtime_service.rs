@@ -437,17 +437,20 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         _req: Request<v1::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         let rx = self.runtime.subscribe();
-        let stream = futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => return Some((Ok(ev), rx)),
-                    // A slow client misses events rather than stalling the runtime;
-                    // kubelet relists when it sees a gap in its own bookkeeping.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "container event subscriber lagged");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let stream = futures::stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Ok(ev) => Some((Ok(ev), Some(rx))),
+                // A client that fell behind has missed events: end its stream with an
+                // error so it relists (kubelet does) rather than act on a gap.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(
+                        missed = n,
+                        "container event subscriber lagged; ending its stream"
+                    );
+                    Some((Err(Error::EventsLagged(n).into()), None))
                 }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
             }
         });
         Ok(Response::new(Box::pin(stream)))

@@ -45,9 +45,6 @@ impl Cri {
         if let Some(dir) = &config.image_preload_dir {
             let n = images.preload_dir(dir).await;
             tracing::info!(dir = %dir.display(), images = n, "preloaded images");
-            // Unpacking leaves freed buffers in the allocator's per-thread arenas; hand
-            // them back so an idle node does not carry them.
-            crate::sys::release_free_memory();
         }
         let images = Arc::new(images);
         let runtime = Runtime::open(config.runtime_config()?, images.clone()).await?;

@@ -235,6 +235,31 @@ fn pod_of(doc: serde_json::Value, path: &Path, node_name: &str) -> Result<Pod, S
     Ok(pod)
 }
 
+/// How far along a change to the directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A file closed after writing, renamed into or out of place, or removed.
+    Complete,
+    /// A file created or written to, not yet closed.
+    Partial,
+}
+
+/// Our own reads of the manifests are events too (open, read, close without writing):
+/// they are not changes.
+fn classify(ev: notify::Result<notify::Event>) -> Option<Change> {
+    use notify::EventKind as K;
+    use notify::event::{AccessKind, AccessMode, ModifyKind};
+    let Ok(ev) = ev else {
+        return Some(Change::Complete);
+    };
+    match ev.kind {
+        K::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Complete),
+        K::Access(_) => None,
+        K::Remove(_) | K::Modify(ModifyKind::Name(_)) => Some(Change::Complete),
+        _ => Some(Change::Partial),
+    }
+}
+
 /// Watches `dir` (inotify) and publishes a new snapshot after every change. Events
 /// closer than `settle` apart are taken together (an editor's save is several events).
 pub fn watch(
@@ -243,16 +268,10 @@ pub fn watch(
     settle: Duration,
 ) -> Result<(watch::Receiver<Snapshot>, notify::RecommendedWatcher)> {
     let (tx, rx) = watch::channel(load_dir(&dir, &node_name));
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Change>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        // Our own reads of the manifests are events too (open, access, close without
-        // writing): only changes count.
-        let change = match ev {
-            Ok(ev) => !matches!(ev.kind, notify::EventKind::Access(_)),
-            Err(_) => true,
-        };
-        if change {
-            let _ = ev_tx.send(());
+        if let Some(change) = classify(ev) {
+            let _ = ev_tx.send(change);
         }
     })
     .map_err(|source| Error::Watch {
@@ -268,13 +287,17 @@ pub fn watch(
             source,
         })?;
     tokio::spawn(async move {
-        while ev_rx.recv().await.is_some() {
-            // Let a burst of events settle, then reload once.
-            loop {
+        while let Some(first) = ev_rx.recv().await {
+            // A finished write, a rename or a removal is a whole change: reload now.
+            // Anything else (a file being created or written) waits until the events
+            // have been quiet for `settle`, so a half-written file is not read.
+            let mut settled = first == Change::Complete;
+            while !settled {
                 match tokio::time::timeout(settle, ev_rx.recv()).await {
-                    Ok(Some(())) => continue,
+                    Ok(Some(Change::Complete)) => settled = true,
+                    Ok(Some(Change::Partial)) => {}
                     Ok(None) => return,
-                    Err(_) => break,
+                    Err(_) => settled = true,
                 }
             }
             let snap = load_dir(&dir, &node_name);

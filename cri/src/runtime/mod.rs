@@ -175,7 +175,8 @@ impl Runtime {
         if let Err(e) = cni.ensure_default_conflist() {
             tracing::warn!(err = %e, "cannot write the default CNI network");
         }
-        let (events, _) = broadcast::channel(1024);
+        // A subscriber that falls this far behind loses its stream and relists.
+        let (events, _) = broadcast::channel(256);
         let rt = Arc::new(Self {
             cfg,
             images,
