@@ -248,6 +248,9 @@ struct PodMemory {
     post_start_done: HashSet<String>,
 }
 
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 async fn worker(
     inner: Arc<Inner>,
     uid: String,
@@ -258,6 +261,8 @@ async fn worker(
     // The pod last desired: its preStop hooks and grace period still apply when it is
     // no longer desired.
     let mut last: Option<Pod> = None;
+    // Failed syncs are retried after 1 s, doubling to 1 min while they keep failing.
+    let mut retry = RETRY_MIN;
     loop {
         let pod = desired.borrow_and_update().clone();
         if pod.is_some() {
@@ -265,15 +270,27 @@ async fn worker(
         }
         let requeue = match &pod {
             Some(pod) => match sync(&inner, &uid, pod, &mut mem).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    retry = RETRY_MIN;
+                    r
+                }
                 Err(e) => {
-                    tracing::warn!(pod.uid = %uid, err = %e, "pod sync failed; retrying");
-                    Some(Duration::from_secs(1))
+                    tracing::warn!(pod.uid = %uid, err = %e, ?retry, "pod sync failed; retrying");
+                    let r = retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    Some(r)
                 }
             },
             None => match terminate(&inner, &uid, last.as_ref()).await {
                 Ok(()) => {
-                    lock(&inner.workers).remove(&uid);
+                    {
+                        let mut workers = lock(&inner.workers);
+                        // Desired again while it was being terminated: run it again.
+                        if desired.has_changed().unwrap_or(false) {
+                            continue;
+                        }
+                        workers.remove(&uid);
+                    }
                     lock(&inner.probes).remove(&uid);
                     lock(&inner.prober).forget_pod(&uid);
                     inner.views.send_modify(|v| {
@@ -283,8 +300,10 @@ async fn worker(
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(pod.uid = %uid, err = %e, "pod termination failed; retrying");
-                    Some(Duration::from_secs(1))
+                    tracing::warn!(pod.uid = %uid, err = %e, ?retry, "pod termination failed; retrying");
+                    let r = retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                    Some(r)
                 }
             },
         };
