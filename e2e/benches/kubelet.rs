@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::bench::stats;
+use e2e::bench::{rss_kib, stats};
 use e2e::kubelet::{KubeletNode, running_and_ready, static_name};
 
 const BURST: usize = 30;
@@ -30,17 +30,7 @@ spec:
     )
 }
 
-/// Resident set size of a process and, with `children`, of every process whose
-/// command line mentions cri-monitor (the per-container monitors).
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
+/// How many cri-monitor processes run, and their RSS in all.
 fn monitors_rss_kib() -> (usize, u64) {
     let mut n = 0;
     let mut total = 0;

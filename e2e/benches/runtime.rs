@@ -7,21 +7,11 @@
 
 use std::time::Instant;
 
-use e2e::bench::stats;
+use e2e::bench::{rss_kib, stats};
 use e2e::pods::{PodNode, pod_config, run_pod, shell, start};
 use proto::v1;
 
 const PODS: usize = 10;
-
-/// Resident set size of a process, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -18,3 +18,13 @@ pub fn stats(label: &str, v: &mut [Duration]) {
         v.len()
     );
 }
+
+/// Resident set size of a process in KiB, from /proc (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -2,7 +2,6 @@
 //! and subnet of the test's own), a preloaded busybox image, and config builders.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -23,12 +22,11 @@ pub const BUSYBOX_PAUSE: &str = "docker.io/library/busybox:pause";
 /// A `cri` server ready to run pods, with its state in a temporary directory.
 pub struct PodNode {
     pub cri: CriServer,
-    pub bridge: String,
+    pub net: crate::kubelet::TestNetwork,
+    /// The pods' subnet (`net.subnet`).
     pub subnet: String,
     _dir: tempfile::TempDir,
 }
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Writes an OCI archive of busybox named `name`, optionally with a config user and
 /// an entrypoint.
@@ -58,14 +56,11 @@ pub fn busybox_archive(
 }
 
 impl PodNode {
-    /// Starts `cri` with a CNI network of its own (bridge `nlt<pid><n>`, a /24 picked
-    /// from 10.244.0.0/16 by process and counter) and both busybox images preloaded.
+    /// Starts `cri` with a CNI network of its own (bridge `nlt<n>`, a /24 of
+    /// 10.244.0.0/16 no other test uses) and the busybox images preloaded.
     pub fn start(extra_toml: &str) -> anyhow::Result<Self> {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let octet = (std::process::id() * 7 + n * 13) % 200 + 20;
-        let bridge = format!("nlt{}", octet);
-        let subnet = format!("10.244.{octet}.0/24");
         let dir = tempfile::tempdir()?;
+        let net = crate::kubelet::TestNetwork::create(dir.path(), "nlt", 244)?;
         let preload = dir.path().join("preload");
         std::fs::create_dir_all(&preload)?;
         busybox_archive(&preload.join("busybox.tar"), BUSYBOX, None, None)?;
@@ -81,29 +76,7 @@ impl PodNode {
             None,
             Some(&["sleep", "2147483647"]),
         )?;
-        let net_d = dir.path().join("net.d");
-        std::fs::create_dir_all(&net_d)?;
-        let conflist = serde_json::json!({
-            "cniVersion": "1.0.0",
-            "name": format!("test-{bridge}"),
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": bridge,
-                    "isGateway": true,
-                    "ipMasq": false,
-                    "hairpinMode": true,
-                    "ipam": {
-                        "type": "host-local",
-                        "ranges": [[{ "subnet": subnet }]],
-                        "routes": [{ "dst": "0.0.0.0/0" }],
-                        "dataDir": dir.path().join("ipam"),
-                    }
-                },
-                { "type": "portmap", "capabilities": { "portMappings": true } }
-            ]
-        });
-        std::fs::write(net_d.join("10-test.conflist"), conflist.to_string())?;
+        let net_d = net.conf_dir.clone();
         let toml = format!(
             "image_preload_dir = \"{}\"\n{extra_toml}\n[cni]\nconf_dir = \"{}\"\n",
             preload.display(),
@@ -113,8 +86,8 @@ impl PodNode {
         let cri = CriServer::start(dir.path(), &[])?;
         Ok(Self {
             cri,
-            bridge,
-            subnet,
+            subnet: net.subnet.clone(),
+            net,
             _dir: dir,
         })
     }
@@ -159,10 +132,7 @@ impl Drop for PodNode {
         })
         .join();
         let _ = self.cri.kill();
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(std::process::Stdio::null())
-            .status();
+        self.net.delete();
     }
 }
 
