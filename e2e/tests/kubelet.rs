@@ -611,3 +611,73 @@ async fn pods_outlive_a_stopped_kubelet_and_are_adopted_by_the_next() -> R {
     assert_eq!(fetch(&ip).await?.trim(), "hello from web");
     Ok(())
 }
+
+#[tokio::test]
+async fn image_pull_errors_back_off_and_network_probes_and_post_start_work() -> R {
+    let node = KubeletNode::start().await?;
+    // An image that cannot be pulled (a registry address on loopback where nothing
+    // listens): ErrImagePull, then ImagePullBackOff; the pod stays Pending.
+    node.write_manifest(
+        "nopull.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: nopull
+spec:
+  containers:
+  - name: app
+    image: 127.0.0.1:9/nothing/here:1
+    imagePullPolicy: IfNotPresent
+"#,
+    )?;
+    // httpGet readiness, tcpSocket liveness and a postStart hook on a web server.
+    node.write_manifest(
+        "probed.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: probed
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "echo up > /tmp/index.html; exec busybox httpd -f -p 8080 -h /tmp"]
+    readinessProbe:
+      httpGet: {path: /index.html, port: 8080}
+      periodSeconds: 1
+    livenessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo hooked > /tmp/post-start"]}
+"#,
+        ),
+    )?;
+    let pod = node
+        .wait_pod("nopull", LIMIT, |p| {
+            waiting_reason(p, "app") == "ImagePullBackOff"
+        })
+        .await?;
+    assert_eq!(phase(&pod), "Pending");
+    let log = node.log_text();
+    assert!(
+        log.contains("127.0.0.1:9/nothing/here:1"),
+        "the pull error names the image"
+    );
+
+    let pod = node.wait_ready("probed", LIMIT).await?;
+    assert_eq!(condition(&pod, "Ready"), "True", "httpGet readiness passed");
+    let mut c = node.runtime().await?;
+    let id = container_id(&pod, "web");
+    let (code, out, _) = exec(&mut c, &id, &["cat", "/tmp/post-start"]).await?;
+    assert_eq!((code, out.trim()), (0, "hooked"), "postStart ran");
+    // The tcpSocket liveness probe keeps passing: no restarts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pod = node.wait_ready("probed", LIMIT).await?;
+    assert_eq!(restart_count(&pod, "web"), 0);
+    Ok(())
+}

@@ -411,6 +411,9 @@ async fn sync_once(
     });
     tracing::debug!(pod = %name, ?plan, "plan");
     let mut changed = false;
+    // When to sync again for a container that could not start (nothing else would
+    // wake the worker for it): its image backoff, or a short retry.
+    let mut retry_start: Option<Duration> = None;
 
     if plan.kill_pod {
         kill_pod(inner, pod, &observed).await?;
@@ -469,6 +472,8 @@ async fn sync_once(
                     }
                     Err(reason) => {
                         tracing::warn!(pod = %name, container = %s.name, reason = %reason.0, message = %reason.1, "container not started");
+                        let after = start_retry(pod, &s.name, &reason.0, mem);
+                        retry_start = Some(retry_start.map_or(after, |r| r.min(after)));
                         mem.waiting.insert(s.name.clone(), reason);
                         // Init containers run one at a time: stop at the first failure.
                         if !matches!(s.kind, ContainerKind::Regular) {
@@ -509,7 +514,37 @@ async fn sync_once(
     lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
     publish(inner, uid, pod, mem, &observed);
     collect_dead(inner, &name, &observed).await;
-    Ok(Step::Done(plan.requeue_after))
+    let requeue = match (plan.requeue_after, retry_start) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Step::Done(requeue))
+}
+
+/// How long until a container that failed to start is looked at again: when its image's
+/// pull backoff ends, or after a short pause for other errors (config, create). Right
+/// after a failed pull (ErrImagePull) a second later, to report ImagePullBackOff.
+fn start_retry(pod: &Pod, name: &str, reason: &str, mem: &PodMemory) -> Duration {
+    const OTHER_ERRORS: Duration = Duration::from_secs(10);
+    const REPORT_BACKOFF: Duration = Duration::from_secs(1);
+    let image = translate::containers(pod)
+        .into_iter()
+        .find(|(_, c)| c.name == name)
+        .and_then(|(_, c)| c.image.clone())
+        .unwrap_or_default();
+    match mem.image_backoff.get(&image) {
+        Some(b) => {
+            let left = (b.last_finish + b.delay)
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            if reason == "ErrImagePull" {
+                left.min(REPORT_BACKOFF)
+            } else {
+                left
+            }
+        }
+        None => OTHER_ERRORS,
+    }
 }
 
 /// Removes what the status no longer needs, as the upstream kubelet's garbage
@@ -802,7 +837,16 @@ async fn ensure_image(
         }
         Err(e) => {
             let prev = mem.image_backoff.get(&image).copied();
-            let next = BackoffPolicy::default().next(prev, SystemTime::now(), Duration::ZERO);
+            // Unlike a crash, a failed pull waits the initial delay before its first
+            // retry (ErrImagePull, then ImagePullBackOff), as upstream.
+            let policy = BackoffPolicy::default();
+            let next = match prev {
+                Some(_) => policy.next(prev, SystemTime::now(), Duration::ZERO),
+                None => crate::Backoff {
+                    last_finish: SystemTime::now(),
+                    delay: policy.initial,
+                },
+            };
             mem.image_backoff.insert(image.clone(), next);
             Err(("ErrImagePull".into(), e.message().to_string()))
         }
