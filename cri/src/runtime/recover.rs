@@ -37,6 +37,7 @@ impl Runtime {
             if sb.infra_pid > 0 && process_of(sb.monitor_pid, &sb.id) {
                 ready += 1;
                 self.watch_infra(&sb);
+                self.check_network(&sb);
                 continue;
             }
             tracing::warn!(sandbox.id = %sb.id, "infra process gone; sandbox not ready");
@@ -51,6 +52,23 @@ impl Runtime {
             running,
             "recovered runtime state"
         );
+    }
+
+    /// CNI CHECK of a recovered pod's network, in the background (it must not delay
+    /// serving): a network changed while the server was down is reported, not repaired
+    /// (kubelet recreates the sandbox of a pod whose network is gone).
+    fn check_network(self: &Arc<Self>, sb: &super::Sandbox) {
+        let Some(ns) = sb.netns.clone() else {
+            return;
+        };
+        let rt = Arc::clone(self);
+        let sb = sb.clone();
+        tokio::spawn(async move {
+            let args = super::sandbox_run::CniArgs::of(&sb);
+            if let Err(e) = rt.cni.check(&args.attachment(&sb.id, &ns)).await {
+                tracing::warn!(sandbox.id = %sb.id, err = %e, "pod network check failed after recovery");
+            }
+        });
     }
 
     /// Marks the sandbox not ready when its infra process dies (kubelet then recreates
