@@ -4,8 +4,9 @@
 //!
 //! As upstream: dot files are ignored, a file may hold one pod, several YAML documents,
 //! or a `List`/`PodList`; a pod is named `<name>-<nodeName>`, its namespace defaults to
-//! `default`, and its UID is a hash of the manifest, the node and the file, so an
-//! unchanged manifest keeps its pod across restarts and a changed one replaces it.
+//! `default`, and its UID is a hash of the manifest and the node, so an unchanged
+//! manifest keeps its pod across restarts (and moves between files) and a changed one
+//! replaces it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -215,10 +216,10 @@ fn pod_of(doc: serde_json::Value, path: &Path, node_name: &str) -> Result<Pod, S
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".into());
+    // As upstream: the pod and the node make the UID, not the file it is in, so moving
+    // a manifest between files (or directories) keeps its pod running.
     let mut hasher = sha2::Sha256::new();
     hasher.update(node_name.as_bytes());
-    hasher.update([0]);
-    hasher.update(path.to_string_lossy().as_bytes());
     hasher.update([0]);
     hasher.update(&canonical);
     let uid = hex::encode(&hasher.finalize()[..16]);
@@ -337,6 +338,18 @@ mod tests {
             parse(WEB)?[0].metadata.uid.as_deref(),
             Some(uid.as_str()),
             "stable"
+        );
+        let moved = parse_file(Path::new("/elsewhere/other.yaml"), WEB, "node1")?;
+        assert_eq!(
+            moved[0].metadata.uid.as_deref(),
+            Some(uid.as_str()),
+            "not tied to the file"
+        );
+        let other_node = parse_file(Path::new("/etc/pods/web.yaml"), WEB, "node2")?;
+        assert_ne!(
+            other_node[0].metadata.uid.as_deref(),
+            Some(uid.as_str()),
+            "tied to the node"
         );
         let changed = parse(&WEB.replace("busybox", "busybox:1"))?;
         assert_ne!(
