@@ -58,8 +58,18 @@ impl Cri {
 
     /// Serves until `shutdown` resolves; removes the socket afterwards.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let listener = bind(&self.config.socket)?;
+        self.serve_on(listener, shutdown).await
+    }
+
+    /// Serves on a socket bound with [`bind`] (so a caller knows the socket answers
+    /// before it spawns the server); removes the socket afterwards.
+    pub async fn serve_on(
+        self,
+        listener: UnixListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         let socket = self.config.socket.clone();
-        let listener = bind(&socket)?;
         let streaming =
             StreamingServer::start(self.config.streaming_addr, self.runtime.clone()).await?;
         tracing::info!(socket = %socket.display(), "serving CRI");

@@ -86,13 +86,18 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
             let server = cri::Cri::open(cri_cfg)
                 .await
                 .context("starting the in-process CRI server")?;
+            // Bound before the server task runs: connections queue until it serves.
+            let listener = cri::server::bind(&socket)
+                .with_context(|| format!("binding {}", socket.display()))?;
             let stop = shutdown.clone();
             tokio::spawn(async move {
-                if let Err(e) = server.serve(async move { stop.cancelled().await }).await {
+                if let Err(e) = server
+                    .serve_on(listener, async move { stop.cancelled().await })
+                    .await
+                {
                     tracing::error!(err = %e, "in-process CRI server stopped");
                 }
             });
-            wait_for_socket(&socket).await?;
             format!("unix://{}", socket.display())
         }
     };
@@ -176,18 +181,4 @@ fn tokio_util_shutdown() -> CancellationToken {
         trigger.cancel();
     });
     token
-}
-
-/// The in-process server binds its socket after recovery; wait until it answers.
-async fn wait_for_socket(socket: &std::path::Path) -> anyhow::Result<()> {
-    for _ in 0..500 {
-        if tokio::net::UnixStream::connect(socket).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    anyhow::bail!(
-        "the in-process CRI server did not open {}",
-        socket.display()
-    )
 }
