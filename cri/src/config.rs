@@ -50,6 +50,10 @@ pub struct RuntimeSection {
     pub handlers: BTreeMap<String, HandlerSection>,
     /// Image of the infra container; empty means our built-in `cri-pause`.
     pub sandbox_image: String,
+    /// Run an infra container for every pod. By default (false) only a pod that shares
+    /// one PID namespace between its containers gets one (it needs a PID 1); the other
+    /// pods' namespaces are pinned on files, as CRI-O's `drop_infra_ctr` does.
+    pub infra_for_every_pod: bool,
     /// The `cri-monitor` binary; default: beside the running `cri`.
     pub monitor: Option<PathBuf>,
     /// Where pod network namespaces are pinned (`ip netns` lists /run/netns).
@@ -88,6 +92,7 @@ impl Default for RuntimeSection {
                 ("crun".to_string(), handler("crun")),
             ]),
             sandbox_image: String::new(),
+            infra_for_every_pod: false,
             monitor: None,
             netns_dir: "/run/netns".into(),
         }
@@ -232,6 +237,7 @@ impl Config {
             handlers,
             default_handler: self.runtime.default_handler.clone(),
             sandbox_image: self.runtime.sandbox_image.clone(),
+            infra_for_every_pod: self.runtime.infra_for_every_pod,
             monitor: self
                 .runtime
                 .monitor

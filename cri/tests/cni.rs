@@ -1,5 +1,5 @@
 //! The pod network against the real Debian CNI plugins in /usr/lib/cni, as root: a netns
-//! pinned by us, loopback + bridge + host-local + portmap, teardown twice and after the
+//! pinned by us (`lo` up), bridge + host-local + portmap, teardown twice and after the
 //! netns is gone, and the undo of a failed ADD.
 //!
 //! Each test has its own bridge, a /26 of 10.244.250.0/24, its own IPAM dir and container

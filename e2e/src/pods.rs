@@ -136,7 +136,8 @@ impl Drop for PodNode {
     }
 }
 
-/// A pod config with its log directory under the node.
+/// A pod config with its log directory under the node; its containers each get their
+/// own PID namespace, as kubelet asks unless `shareProcessNamespace` is set.
 pub fn pod_config(node: &PodNode, name: &str) -> v1::PodSandboxConfig {
     v1::PodSandboxConfig {
         metadata: Some(v1::PodSandboxMetadata {
@@ -148,7 +149,16 @@ pub fn pod_config(node: &PodNode, name: &str) -> v1::PodSandboxConfig {
         hostname: name.into(),
         log_directory: node.log_dir(name).to_string_lossy().into_owned(),
         labels: [("app".to_string(), name.to_string())].into(),
-        linux: Some(v1::LinuxPodSandboxConfig::default()),
+        linux: Some(v1::LinuxPodSandboxConfig {
+            security_context: Some(v1::LinuxSandboxSecurityContext {
+                namespace_options: Some(v1::NamespaceOption {
+                    pid: v1::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -100,10 +100,9 @@ async fn two_containers_share_the_pod_network_and_log_both_streams() -> R {
                 &mut c,
                 &id,
                 &[
-                    "readlink",
-                    "/proc/self/ns/net",
-                    "/proc/self/ns/ipc",
-                    "/proc/self/ns/uts",
+                    "sh",
+                    "-c",
+                    "for n in net ipc uts; do readlink /proc/self/ns/$n; done",
                 ],
             )
             .await
@@ -111,6 +110,7 @@ async fn two_containers_share_the_pod_network_and_log_both_streams() -> R {
         }
     };
     let (a, b) = (ns(server.clone()).await?, ns(client.clone()).await?);
+    assert_eq!(a.lines().count(), 3, "{a}");
     assert_eq!(a, b, "containers of a pod share namespaces");
     let host_net = std::fs::read_link("/proc/self/ns/net")?;
     assert!(
@@ -642,6 +642,149 @@ async fn containers_survive_a_killed_server_and_stay_manageable() -> R {
     Ok(())
 }
 
+/// The verbose `info` of a sandbox, parsed.
+async fn sandbox_info(
+    c: &mut proto::v1::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>,
+    pod: &str,
+) -> R<(v1::PodSandboxStatus, serde_json::Value)> {
+    let st = c
+        .pod_sandbox_status(v1::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.to_string(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info = serde_json::from_str(st.info.get("info").map_or("{}", String::as_str))?;
+    Ok((st.status.unwrap_or_default(), info))
+}
+
+/// Whether any process's command line names `id` (an infra container's monitor would).
+fn process_naming(id: &str) -> bool {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|arg| arg == id.as_bytes())
+        })
+}
+
+#[tokio::test]
+async fn a_pod_sharing_no_pid_namespace_runs_without_an_infra_process() -> R {
+    let mut node = PodNode::start("")?;
+    let mut c = node.client().await?;
+    // A sysctl of the interface CNI creates proves they are written after CNI ADD.
+    let mut pc = pod_config(&node, "pinned");
+    pc.linux = Some(v1::LinuxPodSandboxConfig {
+        sysctls: [
+            ("net.ipv4.conf.eth0.arp_ignore", "1"),
+            ("kernel.shmmni", "1234"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        ..pc.linux.clone().unwrap_or_default()
+    });
+    let pod = run_pod(&mut c, &pc).await?;
+    let (st, info) = sandbox_info(&mut c, &pod).await?;
+    assert_eq!(st.state, v1::PodSandboxState::SandboxReady as i32);
+    assert_eq!(info["infraContainer"], false, "{info}");
+    assert_eq!(info["pid"], 0, "{info}");
+    assert!(
+        !process_naming(&pod),
+        "no process holds the pod's namespaces"
+    );
+    let pins: Vec<std::path::PathBuf> = ["net", "ipc", "uts"]
+        .iter()
+        .map(|k| {
+            info["pins"][k]
+                .as_str()
+                .map(std::path::PathBuf::from)
+                .ok_or_else(|| anyhow::anyhow!("no {k} pin in {info}"))
+        })
+        .collect::<R<_>>()?;
+
+    let a = start(&mut c, &pod, &pc, shell("a", "sleep 1000")).await?;
+    let b = start(&mut c, &pod, &pc, shell("b", "sleep 1000")).await?;
+    let script = "for n in net ipc uts; do readlink /proc/self/ns/$n; done; hostname; \
+                  cat /proc/sys/net/ipv4/conf/eth0/arp_ignore /proc/sys/kernel/shmmni; \
+                  cat /sys/class/net/lo/operstate /sys/class/net/lo/flags";
+    let (code, seen_a, err) = exec(&mut c, &a, &["sh", "-c", script]).await?;
+    assert_eq!(code, 0, "{err}");
+    let (_, seen_b, _) = exec(&mut c, &b, &["sh", "-c", script]).await?;
+    assert_eq!(seen_a, seen_b, "both containers see the same pod");
+    let lines: Vec<&str> = seen_a.lines().collect();
+    for (line, pin) in lines.iter().zip(&pins) {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata(pin)?.ino();
+        assert!(
+            line.ends_with(&format!("[{ino}]")),
+            "{line} is {}",
+            pin.display()
+        );
+    }
+    assert_eq!(lines[3], "pinned", "the pod's hostname");
+    assert_eq!(&lines[4..6], ["1", "1234"], "sysctls: {seen_a}");
+    let lo_flags = u32::from_str_radix(lines[7].trim_start_matches("0x"), 16)?;
+    assert_eq!(lo_flags & 1, 1, "lo is up ({seen_a})");
+    let (_, routes, _) = exec(&mut c, &a, &["cat", "/proc/net/fib_trie"]).await?;
+    assert!(
+        routes.contains("127.0.0.1"),
+        "the kernel addressed lo: {routes}"
+    );
+
+    // Network counters come from inside the pinned namespace.
+    let stats = c
+        .pod_sandbox_stats(v1::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .unwrap_or_default();
+    let net = stats.linux.unwrap_or_default().network.unwrap_or_default();
+    assert_eq!(net.default_interface.unwrap_or_default().name, "eth0");
+
+    // A restarted server finds the pod ready; a pod whose pins vanished (as after a
+    // reboot) is not ready.
+    let other = run_pod(&mut c, &pod_config(&node, "unpinned")).await?;
+    let (_, other_info) = sandbox_info(&mut c, &other).await?;
+    node.cri.kill()?;
+    let uts = other_info["pins"]["uts"].as_str().unwrap_or_default();
+    let unmounted = std::process::Command::new("umount")
+        .args(["-l", uts])
+        .status()?;
+    anyhow::ensure!(unmounted.success(), "umount -l {uts}");
+    node.cri.restart()?;
+    let mut c = node.client().await?;
+    let (st, _) = sandbox_info(&mut c, &pod).await?;
+    assert_eq!(st.state, v1::PodSandboxState::SandboxReady as i32);
+    let (st, _) = sandbox_info(&mut c, &other).await?;
+    assert_eq!(st.state, v1::PodSandboxState::SandboxNotready as i32);
+
+    // Stopping the pod unpins its namespaces.
+    c.stop_pod_sandbox(v1::StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await?;
+    for pin in &pins {
+        assert!(!pin.exists(), "{} is gone", pin.display());
+    }
+    c.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await?;
+    c.remove_pod_sandbox(v1::RemovePodSandboxRequest {
+        pod_sandbox_id: other,
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn events_exec_timeout_and_log_reopen() -> R {
     let node = PodNode::start("")?;
@@ -780,6 +923,12 @@ async fn pod_options_namespaces_sysctls_dns_and_a_pause_image() -> R {
         ..Default::default()
     });
     let pod = run_pod(&mut c, &pc).await?;
+    let (_, info) = sandbox_info(&mut c, &pod).await?;
+    assert_eq!(
+        info["infraContainer"], true,
+        "a shared PID namespace needs a PID 1"
+    );
+    assert!(info["pid"].as_i64().unwrap_or_default() > 0, "{info}");
     let mut shared = shell("shared", "sleep 1000");
     shared.linux = Some(secure(v1::LinuxContainerSecurityContext {
         namespace_options: Some(v1::NamespaceOption {
@@ -822,12 +971,14 @@ async fn pod_options_namespaces_sysctls_dns_and_a_pause_image() -> R {
     // (busybox sh execs its last command, so PID 1 is the container's own sleep.)
     assert_eq!(init, "sleep\u{0}1000\u{0}", "own PID namespace");
 
-    // A hostNetwork pod sees the host's network namespace and gets no pod IP.
+    // A hostNetwork pod (without an infra process) sees the host's network and UTS
+    // namespaces and gets no pod IP.
     let mut hc = pod_config(&node, "hostnet");
     hc.linux = Some(v1::LinuxPodSandboxConfig {
         security_context: Some(v1::LinuxSandboxSecurityContext {
             namespace_options: Some(v1::NamespaceOption {
                 network: v1::NamespaceMode::Node as i32,
+                pid: v1::NamespaceMode::Container as i32,
                 ..Default::default()
             }),
             ..Default::default()
@@ -846,9 +997,30 @@ async fn pod_options_namespaces_sysctls_dns_and_a_pause_image() -> R {
         .unwrap_or_default();
     assert_eq!(st.network.unwrap_or_default().ip, "");
     let h = start(&mut c, &hpod, &hc, shell("h", "sleep 1000")).await?;
-    let (_, net, _) = exec(&mut c, &h, &["readlink", "/proc/self/ns/net"]).await?;
-    let host_net = std::fs::read_link("/proc/self/ns/net")?;
-    assert_eq!(net.trim(), host_net.to_string_lossy());
+    let (_, net, _) = exec(
+        &mut c,
+        &h,
+        &[
+            "sh",
+            "-c",
+            "for n in net uts ipc; do readlink /proc/self/ns/$n; done",
+        ],
+    )
+    .await?;
+    let ns: Vec<&str> = net.lines().collect();
+    assert_eq!(
+        ns[0],
+        std::fs::read_link("/proc/self/ns/net")?.to_string_lossy()
+    );
+    assert_eq!(
+        ns[1],
+        std::fs::read_link("/proc/self/ns/uts")?.to_string_lossy()
+    );
+    assert_ne!(
+        ns[2],
+        std::fs::read_link("/proc/self/ns/ipc")?.to_string_lossy(),
+        "a pod IPC namespace"
+    );
 
     // A sysctl outside the pod's namespaces is refused with its name.
     let mut bad = pod_config(&node, "badsysctl");
@@ -875,26 +1047,27 @@ async fn other_runtime_handlers() -> R {
     let node = PodNode::start("")?;
     let mut c = node.client().await?;
     let pc = pod_config(&node, "crun");
-    match c
-        .run_pod_sandbox(v1::RunPodSandboxRequest {
-            config: Some(pc.clone()),
-            runtime_handler: "crun".into(),
-        })
-        .await
-    {
-        Ok(resp) => {
-            let pod = resp.into_inner().pod_sandbox_id;
-            let id = start(&mut c, &pod, &pc, shell("x", "sleep 1000")).await?;
-            let (code, out, _) = exec(&mut c, &id, &["echo", "on-crun"]).await?;
-            assert_eq!((code, out.trim()), (0, "on-crun"));
-        }
+    // The pod's namespaces are pinned without the handler; its first use is the
+    // container.
+    let ran = async {
+        let pod = c
+            .run_pod_sandbox(v1::RunPodSandboxRequest {
+                config: Some(pc.clone()),
+                runtime_handler: "crun".into(),
+            })
+            .await?
+            .into_inner()
+            .pod_sandbox_id;
+        let id = start(&mut c, &pod, &pc, shell("x", "sleep 1000")).await?;
+        exec(&mut c, &id, &["echo", "on-crun"]).await
+    }
+    .await;
+    match ran {
+        Ok((code, out, _)) => assert_eq!((code, out.trim()), (0, "on-crun")),
         Err(e) if std::path::Path::new("/sys/fs/cgroup/unified").exists() => {
-            eprintln!(
-                "skipped: crun cannot run on this hybrid cgroup layout: {}",
-                e.message()
-            );
+            eprintln!("skipped: crun cannot run on this hybrid cgroup layout: {e:#}");
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     Ok(())
 }

@@ -3,8 +3,9 @@
 //!
 //! - The network is the first config file of `conf_dir` in lexical order (`*.conflist`,
 //!   or a single plugin in `*.conf` / `*.json`), as libcni picks it.
-//! - `setup` runs the `loopback` plugin on `lo`, then the network's chain in order, each
-//!   plugin getting the previous plugin's result as `prevResult`. The final result and the
+//! - `setup` runs the network's chain in order, each plugin getting the previous plugin's
+//!   result as `prevResult`. `lo` is not a plugin's job here: it is brought up when the
+//!   namespace is created (`netns`), which spares an exec per ADD, CHECK and DEL. The final result and the
 //!   network config used are cached in `cache_dir/<container id>.json`, so `teardown` and
 //!   `check` work on what was set up even if `conf_dir` changed since.
 //! - `teardown` is idempotent: without a cache it uses the current config and no
@@ -40,8 +41,6 @@ pub const DEFAULT_BRIDGE: &str = "nodelet0";
 /// The CNI version of the configs we write.
 pub const CNI_VERSION: &str = "1.0.0";
 
-const LOOPBACK: &str = "loopback";
-const LOOPBACK_NETWORK: &str = "cni-loopback";
 const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 const CONFIG_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
 const CACHE_KIND: &str = "nodelet/cni-result/v1";
@@ -273,11 +272,10 @@ impl Cni {
             self.plugin_path(&net.name, &plugin.kind)?;
         }
         let netns = att.netns.as_os_str().to_owned();
-        self.loopback(&net, Command::Add, att, &netns).await?;
-
         let runtime = runtime_config(att);
         let mut result: Option<Value> = None;
-        let mut last_plugin = LOOPBACK;
+        // Parsing guarantees a non-empty chain.
+        let mut last_plugin = net.plugins.first().map_or("", |p| p.kind.as_str());
         for plugin in &net.plugins {
             let stdin = plugin_stdin(&net, plugin, result.as_ref(), &runtime);
             let added = self
@@ -348,17 +346,12 @@ impl Cni {
         if let Some(err) = self.del_chain(&net, prev.as_ref(), att, &netns).await {
             return Err(err);
         }
-        if !netns.is_empty()
-            && let Err(err) = self.loopback(&net, Command::Del, att, &netns).await
-        {
-            tracing::warn!(%err, "loopback teardown failed");
-        }
         self.remove_cache(att.container_id)?;
         tracing::info!(network = %net.name, "pod network torn down");
         Ok(())
     }
 
-    /// CHECK the chain (and `lo`) against the cached result.
+    /// CHECK the chain against the cached result.
     #[instrument(skip_all, fields(sandbox.id = att.container_id, pod.namespace = att.pod_namespace, pod.name = att.pod_name, pod.uid = att.pod_uid))]
     pub async fn check(&self, att: &Attachment<'_>) -> Result<()> {
         check_container_id(att.container_id)?;
@@ -384,7 +377,6 @@ impl Cni {
             });
         }
         let netns = att.netns.as_os_str().to_owned();
-        self.loopback(&net, Command::Check, att, &netns).await?;
         let runtime = runtime_config(att);
         for plugin in &net.plugins {
             let stdin = plugin_stdin(&net, plugin, Some(&cached.result), &runtime);
@@ -442,34 +434,6 @@ impl Cni {
         joined
     }
 
-    /// The `loopback` plugin on `lo`; skipped with a warning when it is not installed.
-    async fn loopback(
-        &self,
-        net: &NetworkConfig,
-        command: Command,
-        att: &Attachment<'_>,
-        netns: &OsString,
-    ) -> Result<()> {
-        if self.find_plugin(LOOPBACK).is_none() {
-            tracing::warn!(dirs = ?self.cfg.bin_dirs, "cni loopback plugin not installed: lo is left as it is");
-            return Ok(());
-        }
-        let lo = NetworkConfig {
-            name: LOOPBACK_NETWORK.to_string(),
-            cni_version: net.cni_version.clone(),
-            disable_check: false,
-            plugins: vec![Plugin {
-                kind: LOOPBACK.to_string(),
-                conf: Map::from_iter([("type".to_string(), Value::from(LOOPBACK))]),
-            }],
-            source: PathBuf::new(),
-        };
-        let stdin = plugin_stdin(&lo, &lo.plugins[0], None, &Map::new());
-        self.invoke(&lo, &lo.plugins[0], command, att, "lo", netns, &stdin)
-            .await
-            .map(drop)
-    }
-
     /// DEL for every plugin in reverse order, continuing past failures; returns the first
     /// failure that is not about something already gone.
     async fn del_chain(
@@ -510,9 +474,6 @@ impl Cni {
     ) {
         if let Some(err) = self.del_chain(net, prev, att, netns).await {
             tracing::warn!(%err, "cleaning up after a failed cni add");
-        }
-        if let Err(err) = self.loopback(net, Command::Del, att, netns).await {
-            tracing::warn!(%err, "cleaning up loopback after a failed cni add");
         }
         if let Err(err) = self.remove_cache(att.container_id) {
             tracing::warn!(%err, "removing cni cache after a failed add");
@@ -1733,15 +1694,12 @@ mod tests {
         assert_eq!(
             plugins_and_commands(&calls),
             [
-                ("loopback", Command::Add),
                 ("bridge", Command::Add),
                 ("tuning", Command::Add),
                 ("portmap", Command::Add),
             ]
         );
-        assert_eq!(calls[0].env["CNI_IFNAME"], "lo");
-        assert_eq!(calls[0].stdin["name"], "cni-loopback");
-        for call in &calls[1..] {
+        for call in &calls {
             let env = &call.env;
             assert_eq!(env["CNI_COMMAND"], "ADD");
             assert_eq!(env["CNI_CONTAINERID"], "abc123");
@@ -1757,14 +1715,14 @@ mod tests {
             assert_eq!(env["CNI_PATH"], want_path);
         }
         // Each plugin gets the result of the one before it.
-        assert_eq!(calls[1].stdin.get("prevResult"), None);
-        assert_eq!(calls[2].stdin["prevResult"]["chain"], json!(["bridge"]));
+        assert_eq!(calls[0].stdin.get("prevResult"), None);
+        assert_eq!(calls[1].stdin["prevResult"]["chain"], json!(["bridge"]));
         assert_eq!(
-            calls[3].stdin["prevResult"]["chain"],
+            calls[2].stdin["prevResult"]["chain"],
             json!(["bridge", "tuning"])
         );
-        assert!(calls[3].stdin["runtimeConfig"]["portMappings"].is_array());
-        assert!(calls[1].stdin.get("runtimeConfig").is_none());
+        assert!(calls[2].stdin["runtimeConfig"]["portMappings"].is_array());
+        assert!(calls[0].stdin.get("runtimeConfig").is_none());
 
         let cached: Value =
             serde_json::from_slice(&fs::read(s.cache_file("abc123")).expect("cache"))
@@ -1798,15 +1756,14 @@ mod tests {
         );
         let calls = s.fake.calls();
         assert_eq!(
-            plugins_and_commands(&calls[3..]),
+            plugins_and_commands(&calls[2..]),
             [
                 ("portmap", Command::Del),
                 ("tuning", Command::Del),
                 ("bridge", Command::Del),
-                ("loopback", Command::Del),
             ]
         );
-        assert_eq!(calls[3].stdin["prevResult"]["chain"], json!(["bridge"]));
+        assert_eq!(calls[2].stdin["prevResult"]["chain"], json!(["bridge"]));
         assert!(!s.cache_file("abc123").exists());
     }
 
@@ -1859,7 +1816,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_plugins() {
-        // No loopback: a warning, the network still comes up.
+        // The loopback plugin is not needed: `lo` comes up with the namespace.
         let s = setup(Some(CHAIN), &["bridge", "tuning", "portmap"]);
         let netns = s.netns();
         let att = attachment(&netns, &[]);
@@ -1902,7 +1859,7 @@ mod tests {
                 ("tuning", Command::Del),
                 ("bridge", Command::Del),
             ],
-            "no loopback DEL: the netns is gone"
+            "the chain only, with the netns gone"
         );
         for call in &calls {
             assert_eq!(

@@ -181,7 +181,8 @@ impl Runtime {
     }
 
     /// The namespaces a container joins: the pod's network, IPC and UTS namespaces
-    /// (held by the infra process), and a PID namespace per its NamespaceOption.
+    /// (pinned, or held by the infra process), and a PID namespace per its
+    /// NamespaceOption.
     fn container_namespaces(
         &self,
         sb: &super::Sandbox,
@@ -191,7 +192,8 @@ impl Runtime {
             |kind: &str| Ns::Join(PathBuf::from(format!("/proc/{}/ns/{kind}", sb.infra_pid)));
         let join_or_host = |ns: &Ns, kind: &str| match ns {
             Ns::Host => Ns::Host,
-            _ => infra(kind),
+            Ns::Join(pin) => Ns::Join(pin.clone()),
+            Ns::New => infra(kind),
         };
         let opts = config
             .linux
@@ -202,6 +204,10 @@ impl Runtime {
         let pid = match v1::NamespaceMode::try_from(opts.pid) {
             _ if sb.namespaces.pid == Ns::Host => Ns::Host,
             Ok(v1::NamespaceMode::Node) => Ns::Host,
+            // The pod's config shares no PID namespace (kubelet sends the same mode
+            // for both; a bare container config defaults to Pod): the container gets
+            // its own, as CRI-O does when it drops the infra container.
+            Ok(v1::NamespaceMode::Pod) if sb.pinned => Ns::New,
             Ok(v1::NamespaceMode::Pod) => infra("pid"),
             Ok(v1::NamespaceMode::Target) => {
                 let target = self.containers.get(&opts.target_id)?;
@@ -216,10 +222,7 @@ impl Runtime {
             Ok(v1::NamespaceMode::Container) | Err(_) => Ns::New,
         };
         Ok(Namespaces {
-            network: match &sb.namespaces.network {
-                Ns::Join(p) => Ns::Join(p.clone()),
-                other => other.clone(),
-            },
+            network: sb.namespaces.network.clone(),
             ipc: join_or_host(&sb.namespaces.ipc, "ipc"),
             uts: join_or_host(&sb.namespaces.uts, "uts"),
             pid,

@@ -28,7 +28,7 @@ pub enum Ns {
     Host,
     /// A new namespace created by the OCI runtime for this container.
     New,
-    /// Join the namespace at this path (a pinned netns, `/proc/<infra pid>/ns/ipc`, …).
+    /// Join the namespace at this path (a pin, `/proc/<infra pid>/ns/ipc`, …).
     Join(PathBuf),
 }
 
@@ -91,6 +91,8 @@ pub struct RuntimeConfig {
     pub default_handler: String,
     /// Infra container image; empty: the built-in `cri-pause`.
     pub sandbox_image: String,
+    /// Every pod gets an infra container, not only those sharing a PID namespace.
+    pub infra_for_every_pod: bool,
     pub monitor: PathBuf,
     pub pause: PathBuf,
     pub netns_dir: PathBuf,

@@ -28,11 +28,19 @@ pub struct Sandbox {
     /// cgroupfs parent of the pod's containers.
     pub cgroup_parent: String,
     pub files: SandboxFiles,
-    /// Namespaces of the infra container (containers join them).
+    /// The pod's namespaces: `Join` a pin, `New` one held by the infra container, or
+    /// `Host`. Containers join them.
     pub namespaces: Namespaces,
+    /// The pod has no infra process: its namespaces are pinned on files.
+    #[serde(default)]
+    pub pinned: bool,
+    /// When RunPodSandbox finished setting up a pinned sandbox.
+    #[serde(default)]
+    pub ready_at_ns: Option<i64>,
     /// Set once the sandbox was stopped.
     pub stopped_at_ns: Option<i64>,
-    /// Set when the infra process died on its own (the sandbox is then not ready).
+    /// Set when the infra process died on its own, or the pins were found gone (the
+    /// sandbox is then not ready).
     #[serde(default)]
     pub infra_exited_at_ns: Option<i64>,
 }
@@ -43,7 +51,12 @@ impl Sandbox {
     }
 
     pub fn ready(&self) -> bool {
-        self.stopped_at_ns.is_none() && self.infra_exited_at_ns.is_none() && self.infra_pid > 0
+        let set_up = if self.pinned {
+            self.ready_at_ns.is_some()
+        } else {
+            self.infra_pid > 0
+        };
+        self.stopped_at_ns.is_none() && self.infra_exited_at_ns.is_none() && set_up
     }
 
     pub fn state(&self) -> v1::PodSandboxState {

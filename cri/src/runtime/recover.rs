@@ -15,6 +15,20 @@ fn process_of(pid: i32, id: &str) -> bool {
             .unwrap_or(false)
 }
 
+/// Whether every namespace pin of a pinned sandbox is still there (a reboot drops them).
+fn pins_exist(sb: &super::Sandbox) -> bool {
+    [
+        &sb.namespaces.network,
+        &sb.namespaces.ipc,
+        &sb.namespaces.uts,
+    ]
+    .into_iter()
+    .all(|ns| match ns {
+        super::Ns::Join(pin) => super::netns::exists(pin),
+        _ => true,
+    })
+}
+
 impl Runtime {
     pub(super) async fn recover(self: &Arc<Self>) {
         let mut running = 0;
@@ -34,13 +48,21 @@ impl Runtime {
             if sb.stopped_at_ns.is_some() {
                 continue;
             }
-            if sb.infra_pid > 0 && process_of(sb.monitor_pid, &sb.id) {
+            if sb.pinned {
+                if sb.ready_at_ns.is_some() && pins_exist(&sb) {
+                    ready += 1;
+                    self.check_network(&sb);
+                    continue;
+                }
+                tracing::warn!(sandbox.id = %sb.id, "pod namespaces not (or no longer) pinned; sandbox not ready");
+            } else if sb.infra_pid > 0 && process_of(sb.monitor_pid, &sb.id) {
                 ready += 1;
                 self.watch_infra(&sb);
                 self.check_network(&sb);
                 continue;
+            } else {
+                tracing::warn!(sandbox.id = %sb.id, "infra process gone; sandbox not ready");
             }
-            tracing::warn!(sandbox.id = %sb.id, "infra process gone; sandbox not ready");
             let _ = self.sandboxes.update(&sb.id, |s| {
                 s.infra_exited_at_ns.get_or_insert_with(now_ns);
             });

@@ -1,5 +1,6 @@
 //! `RunPodSandbox`: files, /dev/shm, the pinned network namespace configured through
-//! CNI, and the infra container that holds the pod's IPC, UTS and PID namespaces.
+//! CNI, and what holds the pod's IPC and UTS namespaces: pins of their own, or (for a pod
+//! that shares one PID namespace, which needs a PID 1) an infra container.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,7 @@ impl Runtime {
         let host_net = ns_opts.network == v1::NamespaceMode::Node as i32;
         let host_ipc = ns_opts.ipc == v1::NamespaceMode::Node as i32;
         let host_pid = ns_opts.pid == v1::NamespaceMode::Node as i32;
+        let pinned = !self.cfg.infra_for_every_pod && ns_opts.pid != v1::NamespaceMode::Pod as i32;
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -65,10 +67,19 @@ impl Runtime {
             resolv_conf: dir.join("resolv.conf"),
             shm: (!host_ipc).then(|| dir.join("shm")),
         };
+        // A pinned pod's IPC and UTS namespaces are pinned in its directory; its
+        // containers each get their own PID namespace (`New`), as the pod shares none.
+        let own = |kind: &str| {
+            if pinned {
+                Ns::Join(dir.join("ns").join(kind))
+            } else {
+                Ns::New
+            }
+        };
         let namespaces = Namespaces {
             network: netns_path.clone().map_or(Ns::Host, Ns::Join),
-            ipc: if host_ipc { Ns::Host } else { Ns::New },
-            uts: if host_net { Ns::Host } else { Ns::New },
+            ipc: if host_ipc { Ns::Host } else { own("ipc") },
+            uts: if host_net { Ns::Host } else { own("uts") },
             pid: if host_pid { Ns::Host } else { Ns::New },
         };
         let record = Sandbox {
@@ -83,6 +94,8 @@ impl Runtime {
             cgroup_parent,
             files,
             namespaces,
+            pinned,
+            ready_at_ns: None,
             stopped_at_ns: None,
             infra_exited_at_ns: None,
         };
@@ -99,7 +112,9 @@ impl Runtime {
         let _guard = self.lock(&id).await;
         match self.setup_sandbox(&record).await {
             Ok(()) => {
-                if let Ok(sb) = self.sandboxes.get(&id) {
+                if let Ok(sb) = self.sandboxes.get(&id)
+                    && !sb.pinned
+                {
                     self.watch_infra(&sb);
                 }
                 tracing::info!(ips = ?self.sandboxes.get(&id).map(|s| s.ips).unwrap_or_default(), "sandbox ready");
@@ -117,19 +132,65 @@ impl Runtime {
     }
 
     async fn setup_sandbox(&self, sb: &Sandbox) -> Result<()> {
-        let dir = self.sandboxes.dir_of(&sb.id);
+        let sysctls = spec::validate_sysctls(
+            &sb.config
+                .linux
+                .as_ref()
+                .map(|l| l.sysctls.clone())
+                .unwrap_or_default(),
+            &sb.namespaces,
+        )?;
         write_files(sb)?;
         if let Some(shm) = &sb.files.shm {
             rootfs::mount_tmpfs(shm, Some(SHM_SIZE))?;
         }
+        if sb.pinned {
+            return self.setup_pinned(sb, &sysctls).await;
+        }
         if let Some(ns) = &sb.netns {
             netns::create(ns)?;
         }
+        let dir = self.sandboxes.dir_of(&sb.id);
         // The pod network and the infra container only share the pinned netns, which
         // exists now: set both up at once (CNI plugins and the OCI runtime are each
-        // tens of milliseconds of exec).
+        // tens of milliseconds of exec), unless the infra must set sysctls of the
+        // interfaces CNI creates.
+        if sysctls.keys().any(|k| k.starts_with("net.")) {
+            self.setup_network(sb).await?;
+            return self.start_infra(sb, &dir).await;
+        }
         let (net, infra) = tokio::join!(self.setup_network(sb), self.start_infra(sb, &dir));
         net.and(infra)
+    }
+
+    /// A pod without an infra process: its namespaces are created and pinned, the
+    /// network set up, then its sysctls written in its namespaces.
+    async fn setup_pinned(
+        &self,
+        sb: &Sandbox,
+        sysctls: &std::collections::HashMap<String, String>,
+    ) -> Result<()> {
+        let pin = |ns: &Ns| match ns {
+            Ns::Join(p) => Some(p.clone()),
+            _ => None,
+        };
+        let (ipc, uts) = (pin(&sb.namespaces.ipc), pin(&sb.namespaces.uts));
+        netns::create_pod(&netns::PodNamespaces {
+            net: sb.netns.as_deref(),
+            ipc: ipc.as_deref(),
+            uts: uts.as_deref(),
+            hostname: &sb.config.hostname,
+        })?;
+        self.setup_network(sb).await?;
+        let mut sysctls: Vec<(String, String)> = sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        sysctls.sort();
+        netns::apply_sysctls(sb.netns.as_deref(), ipc.as_deref(), &sysctls)?;
+        self.sandboxes
+            .update(&sb.id, |s| s.ready_at_ns = Some(now_ns()))?;
+        Ok(())
     }
 
     async fn setup_network(&self, sb: &Sandbox) -> Result<()> {

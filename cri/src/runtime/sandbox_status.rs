@@ -13,8 +13,18 @@ impl Runtime {
         let sb = self.sandboxes.get(id)?;
         let mut info = std::collections::HashMap::new();
         if verbose {
+            let pin = |ns: &super::Ns| match ns {
+                super::Ns::Join(p) => Some(p.clone()),
+                _ => None,
+            };
             let detail = serde_json::json!({
                 "pid": sb.infra_pid,
+                "infraContainer": !sb.pinned,
+                "pins": {
+                    "net": pin(&sb.namespaces.network),
+                    "ipc": if sb.pinned { pin(&sb.namespaces.ipc) } else { None },
+                    "uts": if sb.pinned { pin(&sb.namespaces.uts) } else { None },
+                },
                 "monitorPid": sb.monitor_pid,
                 "netns": sb.netns,
                 "runtimeHandler": sb.handler,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::rootfs::{self, Rootfs};
 use super::sandbox_run::CniArgs;
-use super::{Result, Runtime, monitor, netns, now_ns};
+use super::{Ns, Result, Runtime, monitor, netns, now_ns};
 
 /// How long the infra process gets to leave after SIGKILL before we stop waiting.
 const INFRA_EXIT_WAIT: Duration = Duration::from_secs(10);
@@ -32,21 +32,32 @@ impl Runtime {
         Ok(())
     }
 
-    /// Kills the infra container and releases the pod network and /dev/shm. Every step
+    /// Kills the infra container (or unpins the namespaces), releases the pod network
+    /// and /dev/shm. Every step
     /// tolerates work already done, so it serves StopPodSandbox, RemovePodSandbox and
     /// cleanup after a failed RunPodSandbox alike.
     pub(super) async fn teardown_sandbox(&self, id: &str) -> Result<()> {
         let sb = self.sandboxes.get(id)?;
-        let handler = self.handler(&sb.handler)?.clone();
-        handler.kill(&sb.id, libc::SIGKILL, true).await?;
-        if sb.monitor_pid > 0 {
-            let _ = tokio::time::timeout(INFRA_EXIT_WAIT, monitor::wait_exit(sb.monitor_pid)).await;
+        if !sb.pinned {
+            let handler = self.handler(&sb.handler)?.clone();
+            handler.kill(&sb.id, libc::SIGKILL, true).await?;
+            if sb.monitor_pid > 0 {
+                let _ =
+                    tokio::time::timeout(INFRA_EXIT_WAIT, monitor::wait_exit(sb.monitor_pid)).await;
+            }
+            handler.delete(&sb.id).await?;
         }
-        handler.delete(&sb.id).await?;
         if let Some(ns) = &sb.netns {
             let args = CniArgs::of(&sb);
             self.cni.teardown(&args.attachment(&sb.id, ns)).await?;
             netns::remove(ns)?;
+        }
+        if sb.pinned {
+            for ns in [&sb.namespaces.ipc, &sb.namespaces.uts] {
+                if let Ns::Join(pin) = ns {
+                    netns::remove(pin)?;
+                }
+            }
         }
         if let Some(shm) = &sb.files.shm {
             rootfs::unmount(shm)?;

@@ -1640,7 +1640,7 @@ fn linux_resources(
 
 /// Only namespaced sysctls may be set for a pod, and none of a namespace it shares with
 /// the host. Names with `/` separators are accepted and turned into dots.
-fn validate_sysctls(
+pub(crate) fn validate_sysctls(
     sysctls: &HashMap<String, String>,
     ns: &Namespaces,
 ) -> Result<HashMap<String, String>> {

@@ -190,10 +190,12 @@ impl Runtime {
             linux: Some(v1::LinuxPodSandboxStats {
                 cpu: Some(cpu),
                 memory: Some(memory),
-                network: sb.ready().then(|| network_usage(sb.infra_pid)).flatten(),
+                network: sb.ready().then(|| network_usage(sb)).flatten(),
                 process: Some(v1::ProcessUsage {
                     timestamp: at,
-                    process_count: value(containers.len() as u64 + u64::from(sb.ready())),
+                    process_count: value(
+                        containers.len() as u64 + u64::from(sb.ready() && !sb.pinned),
+                    ),
                 }),
                 containers,
                 io: None,
@@ -226,10 +228,14 @@ impl Runtime {
     }
 }
 
-/// Interface counters inside the pod's network namespace, read through the infra
-/// process's view of /proc/net/dev.
-fn network_usage(infra_pid: i32) -> Option<v1::NetworkUsage> {
-    let text = std::fs::read_to_string(format!("/proc/{infra_pid}/net/dev")).ok()?;
+/// Interface counters inside the pod's network namespace: /proc/net/dev as the infra
+/// process sees it, or read from inside the pinned namespace.
+fn network_usage(sb: &super::Sandbox) -> Option<v1::NetworkUsage> {
+    let text = if sb.pinned {
+        super::netns::read_proc_net(sb.netns.as_deref()?, "dev").ok()?
+    } else {
+        std::fs::read_to_string(format!("/proc/{}/net/dev", sb.infra_pid)).ok()?
+    };
     let interfaces: Vec<v1::NetworkInterfaceUsage> = text
         .lines()
         .skip(2)
