@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::bench::{rss_kib, stats};
+use e2e::bench::{CpuTimes, rss_kib, stats};
 use e2e::kubelet::{KubeletNode, running_and_ready, static_name};
 
 const BURST: usize = 30;
@@ -103,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let names: Vec<String> = (0..BURST).map(|i| format!("burst{i}")).collect();
     let full: Vec<String> = names.iter().map(|n| static_name(n)).collect();
     let t = Instant::now();
+    let cpu = CpuTimes::now();
     for n in &names {
         node.write_manifest(&format!("{n}.yaml"), &manifest(n))?;
     }
@@ -111,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
     })
     .await?;
     let burst = t.elapsed();
+    let burst_cpu = CpuTimes::now().busy_percent_since(&cpu);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let busy = rss_kib(pid);
     let (monitors, monitors_kib) = monitors_rss_kib();
@@ -124,7 +126,7 @@ async fn main() -> anyhow::Result<()> {
 
     stats("1 pod: manifest → Running+Ready", &mut single);
     println!(
-        "{BURST} pods: manifests → all Ready      {:>8.1} ms",
+        "{BURST} pods: manifests → all Ready      {:>8.1} ms   (CPUs {burst_cpu:.0}% busy)",
         burst.as_secs_f64() * 1e3
     );
     println!(

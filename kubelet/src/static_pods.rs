@@ -1,6 +1,8 @@
 //! Static pods: a directory of pod manifests (`--pod-manifest-path`, `staticPodPath`),
-//! watched with inotify. Every change reloads the directory into a snapshot of desired
-//! pods; an invalid file is reported with its reason and does not stop the others.
+//! watched with inotify. A change re-reads the files it names (the whole directory only
+//! when inotify cannot say which: an overflow, the directory itself replaced) and
+//! publishes a new snapshot of desired pods; an invalid file is reported with its reason
+//! and does not stop the others.
 //!
 //! As upstream: dot files are ignored, a file may hold one pod, several YAML documents,
 //! or a `List`/`PodList`; a pod is named `<name>-<nodeName>`, its namespace defaults to
@@ -49,76 +51,129 @@ pub struct Snapshot {
     pub errors: Vec<String>,
 }
 
-/// Reads every manifest in `dir`. A missing directory is an empty snapshot (upstream
-/// waits for it to appear).
-pub fn load_dir(dir: &Path, node_name: &str) -> Snapshot {
-    let mut snap = Snapshot::default();
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
-            .map(|e| e.path())
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return snap,
-        Err(e) => {
-            snap.errors
-                .push(format!("reading manifest directory {}: {e}", dir.display()));
-            return snap;
+/// The manifests of a directory, parsed file by file, so a change to one file re-reads
+/// only that file.
+#[derive(Debug, Default)]
+pub struct ManifestDir {
+    dir: PathBuf,
+    node_name: String,
+    files: BTreeMap<PathBuf, Result<Vec<Pod>, String>>,
+    /// The directory itself could not be read.
+    error: Option<String>,
+}
+
+impl ManifestDir {
+    /// Reads every manifest in `dir`. A missing directory has no pods (upstream waits
+    /// for it to appear).
+    pub fn load(dir: &Path, node_name: &str) -> Self {
+        let mut m = Self {
+            dir: dir.to_path_buf(),
+            node_name: node_name.to_string(),
+            ..Default::default()
+        };
+        m.reload_all();
+        m
+    }
+
+    /// Re-reads the whole directory.
+    pub fn reload_all(&mut self) {
+        self.files.clear();
+        self.error = None;
+        match std::fs::read_dir(&self.dir) {
+            Ok(rd) => {
+                for e in rd.flatten() {
+                    self.reload(&e.path());
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                self.error = Some(format!(
+                    "reading manifest directory {}: {e}",
+                    self.dir.display()
+                ))
+            }
         }
-    };
-    files.sort();
-    for path in files {
+    }
+
+    /// Re-reads one file of the directory: parsed again if it is a manifest, forgotten
+    /// if it is gone (or a dot file, or not a file).
+    pub fn reload(&mut self, path: &Path) {
+        let Some(name) = path.file_name() else {
+            return;
+        };
+        if path.parent() != Some(self.dir.as_path()) {
+            return;
+        }
+        let path = self.dir.join(name);
+        let is_manifest = !name.to_string_lossy().starts_with('.')
+            && std::fs::symlink_metadata(&path)
+                .is_ok_and(|m| m.file_type().is_file() || m.file_type().is_symlink());
+        if !is_manifest {
+            self.files.remove(&path);
+            return;
+        }
         let pods = std::fs::read_to_string(&path)
             .map_err(|source| Error::Read {
                 path: path.clone(),
                 source,
             })
-            .and_then(|text| parse_file(&path, &text, node_name));
-        match pods {
-            Ok(pods) => {
-                for pod in pods {
-                    let uid = pod.metadata.uid.clone().unwrap_or_default();
-                    if let Some(other) = snap.pods.get(&uid) {
-                        snap.errors.push(format!(
-                            "manifest {}: pod {} duplicates one in {}",
-                            path.display(),
-                            pod.metadata.name.clone().unwrap_or_default(),
-                            file_of(other)
-                        ));
-                        continue;
-                    }
-                    snap.pods.insert(uid, pod);
+            .and_then(|text| parse_file(&path, &text, &self.node_name))
+            .map_err(|e| e.to_string());
+        self.files.insert(path, pods);
+    }
+
+    /// Desired pods by UID, with the files (or pods) that could not be used.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.errors.extend(self.error.clone());
+        for (path, pods) in &self.files {
+            let pods = match pods {
+                Ok(pods) => pods,
+                Err(e) => {
+                    snap.errors.push(e.clone());
+                    continue;
                 }
-            }
-            Err(e) => snap.errors.push(e.to_string()),
-        }
-    }
-    // Two files naming the same pod: the first (in file order) wins, as upstream.
-    let mut names = BTreeMap::new();
-    let mut dupes = vec![];
-    for (uid, pod) in &snap.pods {
-        let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
-        if let Some(first) = names.insert(key.clone(), uid.clone()) {
-            let (keep, drop) = if file_of(&snap.pods[&first]) <= file_of(pod) {
-                (first, uid.clone())
-            } else {
-                (uid.clone(), first)
             };
-            names.insert(key, keep);
-            dupes.push(drop);
+            for pod in pods {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Some(other) = snap.pods.get(&uid) {
+                    snap.errors.push(format!(
+                        "manifest {}: pod {} duplicates one in {}",
+                        path.display(),
+                        pod.metadata.name.clone().unwrap_or_default(),
+                        file_of(other)
+                    ));
+                    continue;
+                }
+                snap.pods.insert(uid, pod.clone());
+            }
         }
-    }
-    for uid in dupes {
-        if let Some(pod) = snap.pods.remove(&uid) {
-            snap.errors.push(format!(
-                "manifest {}: pod {} already defined by another manifest",
-                file_of(&pod),
-                pod.metadata.name.unwrap_or_default()
-            ));
+        // Two files naming the same pod: the first (in file order) wins, as upstream.
+        let mut names = BTreeMap::new();
+        let mut dupes = vec![];
+        for (uid, pod) in &snap.pods {
+            let key = (pod.metadata.namespace.clone(), pod.metadata.name.clone());
+            if let Some(first) = names.insert(key.clone(), uid.clone()) {
+                let (keep, drop) = if file_of(&snap.pods[&first]) <= file_of(pod) {
+                    (first, uid.clone())
+                } else {
+                    (uid.clone(), first)
+                };
+                names.insert(key, keep);
+                dupes.push(drop);
+            }
         }
+        for uid in dupes {
+            if let Some(pod) = snap.pods.remove(&uid) {
+                snap.errors.push(format!(
+                    "manifest {}: pod {} already defined by another manifest",
+                    file_of(&pod),
+                    pod.metadata.name.unwrap_or_default()
+                ));
+            }
+        }
+        snap
     }
-    snap
 }
 
 fn file_of(pod: &Pod) -> String {
@@ -237,12 +292,15 @@ fn pod_of(doc: serde_json::Value, path: &Path, node_name: &str) -> Result<Pod, S
 }
 
 /// How far along a change to the directory is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Change {
-    /// A file closed after writing, renamed into or out of place, or removed.
-    Complete,
-    /// A file created or written to, not yet closed.
-    Partial,
+/// What one inotify event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Change {
+    /// A file closed after writing, renamed into or out of place, or removed; false: a
+    /// file created or written to, not yet closed.
+    complete: bool,
+    /// The files it is about; empty: unknown (an overflow or a watch error), or the
+    /// directory itself.
+    paths: Vec<PathBuf>,
 }
 
 /// Our own reads of the manifests are events too (open, read, close without writing):
@@ -251,14 +309,19 @@ fn classify(ev: notify::Result<notify::Event>) -> Option<Change> {
     use notify::EventKind as K;
     use notify::event::{AccessKind, AccessMode, ModifyKind};
     let Ok(ev) = ev else {
-        return Some(Change::Complete);
+        return Some(Change {
+            complete: true,
+            paths: vec![],
+        });
     };
-    match ev.kind {
-        K::Access(AccessKind::Close(AccessMode::Write)) => Some(Change::Complete),
-        K::Access(_) => None,
-        K::Remove(_) | K::Modify(ModifyKind::Name(_)) => Some(Change::Complete),
-        _ => Some(Change::Partial),
-    }
+    let complete = match ev.kind {
+        K::Access(AccessKind::Close(AccessMode::Write)) => true,
+        K::Access(_) => return None,
+        K::Remove(_) | K::Modify(ModifyKind::Name(_)) => true,
+        _ => false,
+    };
+    let paths = if ev.need_rescan() { vec![] } else { ev.paths };
+    Some(Change { complete, paths })
 }
 
 /// Watches `dir` (inotify) and publishes a new snapshot after every change. Events
@@ -268,7 +331,8 @@ pub fn watch(
     node_name: String,
     settle: Duration,
 ) -> Result<(watch::Receiver<Snapshot>, notify::RecommendedWatcher)> {
-    let (tx, rx) = watch::channel(load_dir(&dir, &node_name));
+    let mut manifests = ManifestDir::load(&dir, &node_name);
+    let (tx, rx) = watch::channel(manifests.snapshot());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Change>();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Some(change) = classify(ev) {
@@ -279,7 +343,6 @@ pub fn watch(
         path: dir.clone(),
         source,
     })?;
-    // Watch the parent too, so a directory that appears later (or is replaced) is seen.
     let _ = std::fs::create_dir_all(&dir);
     watcher
         .watch(&dir, notify::RecursiveMode::NonRecursive)
@@ -292,16 +355,36 @@ pub fn watch(
             // A finished write, a rename or a removal is a whole change: reload now.
             // Anything else (a file being created or written) waits until the events
             // have been quiet for `settle`, so a half-written file is not read.
-            let mut settled = first == Change::Complete;
+            let mut settled = first.complete;
+            let mut changes = vec![first];
             while !settled {
                 match tokio::time::timeout(settle, ev_rx.recv()).await {
-                    Ok(Some(Change::Complete)) => settled = true,
-                    Ok(Some(Change::Partial)) => {}
+                    Ok(Some(c)) => {
+                        settled = c.complete;
+                        changes.push(c);
+                    }
                     Ok(None) => return,
                     Err(_) => settled = true,
                 }
             }
-            let snap = load_dir(&dir, &node_name);
+            // Whatever else is queued already goes into the same snapshot.
+            while let Ok(c) = ev_rx.try_recv() {
+                changes.push(c);
+            }
+            let mut paths = std::collections::BTreeSet::new();
+            let mut everything = false;
+            for c in changes {
+                everything |= c.paths.is_empty() || c.paths.contains(&dir);
+                paths.extend(c.paths);
+            }
+            if everything {
+                manifests.reload_all();
+            } else {
+                for p in &paths {
+                    manifests.reload(p);
+                }
+            }
+            let snap = manifests.snapshot();
             for e in &snap.errors {
                 tracing::warn!(error = %e, "static pod manifest not used");
             }
@@ -316,6 +399,10 @@ pub fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load_dir(dir: &Path, node_name: &str) -> Snapshot {
+        ManifestDir::load(dir, node_name).snapshot()
+    }
 
     fn parse(text: &str) -> Result<Vec<Pod>> {
         parse_file(Path::new("/etc/pods/web.yaml"), text, "node1")
@@ -441,6 +528,49 @@ mod tests {
             snap.errors
         );
         assert!(load_dir(&dir.path().join("missing"), "n").pods.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_change_re_reads_only_the_files_it_names() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, WEB)?;
+        std::fs::write(&b, WEB.replace("name: web", "name: api"))?;
+        let mut m = ManifestDir::load(dir.path(), "n");
+        let names = |m: &ManifestDir| -> Vec<String> {
+            let mut v: Vec<String> = m
+                .snapshot()
+                .pods
+                .values()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&m), ["api-n", "web-n"]);
+        // b changes on disk, but only a is named: b keeps what was read before.
+        std::fs::write(&b, WEB.replace("name: web", "name: db"))?;
+        std::fs::write(&a, WEB.replace("name: web", "name: www"))?;
+        m.reload(&a);
+        assert_eq!(names(&m), ["api-n", "www-n"]);
+        m.reload(&b);
+        assert_eq!(names(&m), ["db-n", "www-n"]);
+        // Removed, dot files and paths outside the directory.
+        std::fs::remove_file(&a)?;
+        m.reload(&a);
+        std::fs::write(dir.path().join(".c.yaml"), WEB)?;
+        m.reload(&dir.path().join(".c.yaml"));
+        let outside = tempfile::tempdir()?;
+        std::fs::write(outside.path().join("d.yaml"), WEB)?;
+        m.reload(&outside.path().join("d.yaml"));
+        assert_eq!(names(&m), ["db-n"]);
+        // A file turning invalid is reported and drops its pods.
+        std::fs::write(&b, "kind: Nope")?;
+        m.reload(&b);
+        let snap = m.snapshot();
+        assert!(snap.pods.is_empty());
+        assert!(snap.errors[0].contains("b.yaml"), "{:?}", snap.errors);
         Ok(())
     }
 

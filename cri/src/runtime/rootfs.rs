@@ -147,9 +147,26 @@ pub fn mount_tmpfs(target: &Path, size: Option<u64>) -> Result<()> {
     })
 }
 
-/// Whether `path` is the root of a mount (its device differs from its parent's, or
-/// `/proc/self/mountinfo` lists it: bind mounts of the same filesystem).
+/// Whether `path` is the root of a mount, bind mounts of the same filesystem included:
+/// `statx` says so (Linux 5.8+); older kernels, `/proc/self/mountinfo` lists it (which
+/// costs a read of every mount on the host).
 pub fn is_mountpoint(path: &Path) -> bool {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    match statx(
+        CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BASIC_STATS,
+    ) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTDIR) => false,
+        _ => listed_in_mountinfo(path),
+    }
+}
+
+fn listed_in_mountinfo(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
@@ -226,6 +243,52 @@ mod tests {
         rootfs.unmount()?;
         assert!(!is_mountpoint(&rootfs.target));
         rootfs.unmount()?;
+        Ok(())
+    }
+
+    /// Root only: statx and mountinfo agree on a tmpfs, a bind mount within one
+    /// filesystem, a plain directory, a file and a missing path.
+    #[test]
+    fn mount_points_by_statx_and_by_mountinfo() -> Result<()> {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return Ok(());
+        }
+        let tmp = tempfile::tempdir().map_err(io("tempdir", Path::new("/tmp")))?;
+        let (shm, bound, plain) = (
+            tmp.path().join("shm"),
+            tmp.path().join("bound"),
+            tmp.path().join("plain"),
+        );
+        mount_tmpfs(&shm, Some(1 << 20))?;
+        for d in [&bound, &plain] {
+            std::fs::create_dir_all(d).map_err(io("mkdir", d))?;
+        }
+        std::fs::write(plain.join("f"), "x").map_err(io("write", &plain))?;
+        nix::mount::mount(
+            Some(&bound),
+            &bound,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|source| Error::Mount {
+            target: bound.clone(),
+            source,
+        })?;
+        for (path, mounted) in [
+            (&shm, true),
+            (&bound, true),
+            (&plain, false),
+            (&plain.join("f"), false),
+            (&tmp.path().join("missing"), false),
+        ] {
+            assert_eq!(is_mountpoint(path), mounted, "{}", path.display());
+            assert_eq!(listed_in_mountinfo(path), mounted, "{}", path.display());
+        }
+        unmount(&shm)?;
+        unmount(&bound)?;
+        assert!(!is_mountpoint(&shm) && !is_mountpoint(&bound));
         Ok(())
     }
 }

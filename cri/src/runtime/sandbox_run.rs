@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use proto::v1;
 
 use super::rootfs::{self, Rootfs};
-use super::store::write_atomic;
 use super::{Error, Namespaces, Ns, Result, Runtime, Sandbox, SandboxFiles, io_err};
 use super::{cni, monitor, netns, now_ns, spec};
 
@@ -156,10 +155,13 @@ impl Runtime {
         // tens of milliseconds of exec), unless the infra must set sysctls of the
         // interfaces CNI creates.
         if sysctls.keys().any(|k| k.starts_with("net.")) {
-            self.setup_network(sb).await?;
+            self.setup_network_of_infra_pod(sb).await?;
             return self.start_infra(sb, &dir).await;
         }
-        let (net, infra) = tokio::join!(self.setup_network(sb), self.start_infra(sb, &dir));
+        let (net, infra) = tokio::join!(
+            self.setup_network_of_infra_pod(sb),
+            self.start_infra(sb, &dir)
+        );
         net.and(infra)
     }
 
@@ -181,25 +183,32 @@ impl Runtime {
             uts: uts.as_deref(),
             hostname: &sb.config.hostname,
         })?;
-        self.setup_network(sb).await?;
+        let ips = self.setup_network(sb).await?;
         let mut sysctls: Vec<(String, String)> = sysctls
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         sysctls.sort();
         netns::apply_sysctls(sb.netns.as_deref(), ipc.as_deref(), &sysctls)?;
-        self.sandboxes
-            .update(&sb.id, |s| s.ready_at_ns = Some(now_ns()))?;
+        self.sandboxes.update(&sb.id, |s| {
+            s.ips = ips;
+            s.ready_at_ns = Some(now_ns());
+        })?;
         Ok(())
     }
 
-    async fn setup_network(&self, sb: &Sandbox) -> Result<()> {
+    /// CNI ADD; the pod's IPs, primary first (none with host networking).
+    async fn setup_network(&self, sb: &Sandbox) -> Result<Vec<String>> {
         let Some(ns) = &sb.netns else {
-            return Ok(());
+            return Ok(vec![]);
         };
         let args = CniArgs::of(sb);
         let net = self.cni.setup(&args.attachment(&sb.id, ns)).await?;
-        let ips: Vec<String> = net.ips.iter().map(|ip| ip.to_string()).collect();
+        Ok(net.ips.iter().map(|ip| ip.to_string()).collect())
+    }
+
+    async fn setup_network_of_infra_pod(&self, sb: &Sandbox) -> Result<()> {
+        let ips = self.setup_network(sb).await?;
         self.sandboxes.update(&sb.id, |s| s.ips = ips)?;
         Ok(())
     }
@@ -415,8 +424,10 @@ fn write_files(sb: &Sandbox) -> Result<()> {
     } else {
         sb.config.hostname.clone()
     };
+    // Plain writes: the sandbox is not ready before they are done, and a crash midway
+    // tears it down, so no reader ever sees a torn file.
     let write =
-        |path: &Path, text: &[u8]| write_atomic(path, text).map_err(io_err("writing", path));
+        |path: &Path, text: &[u8]| std::fs::write(path, text).map_err(io_err("writing", path));
     write(&sb.files.hostname, format!("{hostname}\n").as_bytes())?;
     let hosts = if host_net {
         std::fs::read("/etc/hosts").unwrap_or_default()

@@ -613,31 +613,24 @@ pub fn sandbox_spec(input: &SandboxInput<'_>) -> Result<Spec> {
     Ok(spec)
 }
 
-/// Writes `<dir>/config.json` atomically: a temporary file, fsync, rename, fsync of `dir`.
+/// Writes `<dir>/config.json`, readable by root only (the env of a container can carry
+/// secrets). Not fsynced: the bundle is read by the OCI runtime right away and later by
+/// exec, and it is worthless after a power loss, which ends the container too.
 pub fn write_bundle(dir: &Path, spec: &Spec) -> Result<()> {
     let data = serde_json::to_vec_pretty(spec).map_err(Error::Encode)?;
-    let tmp = dir.join(".config.json.tmp");
     let path = dir.join("config.json");
     let io = |op, path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { op, path, source }
     };
-    {
-        // 0600: the env of a container can carry secrets.
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(&data).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("fsync", &tmp))?;
-    }
-    fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))?;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(&data))
+        .map_err(io("write", &path))?;
     debug!(path = %path.display(), "wrote bundle config");
     Ok(())
 }
