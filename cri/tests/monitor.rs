@@ -156,14 +156,6 @@ impl Container {
             .output()?)
     }
 
-    fn start(&self) -> TestResult {
-        let out = self.runc(&["start", &self.id])?;
-        if !out.status.success() {
-            return Err(format!("runc start: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        Ok(())
-    }
-
     fn log(&self) -> PathBuf {
         self.spec.log_path.clone().unwrap_or_default()
     }
@@ -258,7 +250,6 @@ async fn logs_both_streams_and_records_exit_code() -> TestResult {
         pss_kb(started.monitor_pid)?,
     );
 
-    c.start()?;
     let exit = c.finished(&started).await?;
     assert_eq!(exit.exit_code, 3);
     assert_eq!(exit.signal, None);
@@ -288,7 +279,6 @@ async fn killed_container_records_137() -> TestResult {
     let lab = Lab::new()?;
     let c = lab.container("killed", &["sleep", "1000"], Opts::default())?;
     let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
-    c.start()?;
     let out = c.runc(&["kill", &c.id, "KILL"])?;
     assert!(
         out.status.success(),
@@ -353,7 +343,6 @@ async fn reopen_moves_new_output_to_a_fresh_file() -> TestResult {
         },
     )?;
     let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
-    c.start()?;
     let log = c.log();
     eventually("the first line", || {
         Ok(records(&log)?.iter().any(|r| r.2 == "before"))
@@ -394,7 +383,6 @@ async fn tty_output_is_logged_as_stdout() -> TestResult {
         },
     )?;
     let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
-    c.start()?;
     let exit = c.finished(&started).await?;
     assert_eq!(exit.exit_code, 5);
     let recs = records(&c.log())?;
@@ -428,8 +416,6 @@ async fn stdin_stays_open_without_a_client() -> TestResult {
     let without = lab.container("nostdin", &["sh", "-c", script], Opts::default())?;
     let a = monitor::spawn(&monitor_bin(), &with.spec).await?;
     let b = monitor::spawn(&monitor_bin(), &without.spec).await?;
-    with.start()?;
-    without.start()?;
     with.finished(&a).await?;
     without.finished(&b).await?;
     let line = |c: &Container| -> TestResult<String> {
@@ -465,7 +451,6 @@ async fn failing_log_writes_do_not_block_the_container() -> TestResult {
     )?;
     c.spec.log_path = Some(PathBuf::from("/dev/full"));
     let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
-    c.start()?;
     let exit = c.finished(&started).await?;
     assert_eq!(exit.exit_code, 7);
     Ok(())
@@ -563,9 +548,8 @@ async fn attach_echoes_stdin_and_stdin_once_closes_it() -> TestResult {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
-    // Attached before start: nothing the container writes is missed.
+    // `cat` writes nothing before it reads: the client misses nothing.
     let (mut r, mut w) = monitor::attach(&c.spec.bundle).await?.split();
-    c.start()?;
     w.stdin(b"hello\n").await?;
     let mut seen = Seen::default();
     seen.until(&mut r, "the echo", |s| s.stdout.len() >= 6)
@@ -612,7 +596,6 @@ async fn every_attached_client_sees_both_streams() -> TestResult {
     let (mut r2, w2) = monitor::attach(&c.spec.bundle).await?.split();
     // The second client has no stdin; without stdin_once its leaving changes nothing.
     drop(w2);
-    c.start()?;
     print_rss("with two clients", started.monitor_pid)?;
     w1.stdin(b"1\n").await?;
     let (mut a, mut b) = (Seen::default(), Seen::default());
@@ -643,7 +626,6 @@ async fn attach_resizes_the_terminal() -> TestResult {
     )?;
     let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
     let (mut r, mut w) = monitor::attach(&c.spec.bundle).await?.split();
-    c.start()?;
     let mut seen = Seen::default();
     for (width, height) in [(100u16, 40u16), (132, 25)] {
         w.resize(width, height).await?;
@@ -673,7 +655,8 @@ async fn a_client_that_never_reads_is_dropped_and_the_log_goes_on() -> TestResul
     // About 4 MiB at once, far more than a client buffer and a socket hold together,
     // then a pause with the container still running.
     let script = format!(
-        "yes {LINE} | head -n {LINES}; while [ ! -e /x/go ]; do sleep 0.05; done; echo done"
+        "while [ ! -e /x/begin ]; do sleep 0.05; done; yes {LINE} | head -n {LINES}; \
+         while [ ! -e /x/go ]; do sleep 0.05; done; echo done"
     );
     let c = lab.container(
         "stuck",
@@ -685,7 +668,7 @@ async fn a_client_that_never_reads_is_dropped_and_the_log_goes_on() -> TestResul
     )?;
     let started = monitor::spawn(&monitor_bin(), &c.spec).await?;
     let stuck = monitor::attach(&c.spec.bundle).await?;
-    c.start()?;
+    std::fs::write(shared.join("begin"), b"")?;
     // The log takes everything while the client reads nothing.
     let log = c.log();
     eventually("all lines in the log", || {

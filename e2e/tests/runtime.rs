@@ -786,6 +786,121 @@ async fn a_pod_sharing_no_pid_namespace_runs_without_an_infra_process() -> R {
 }
 
 #[tokio::test]
+async fn created_containers_run_only_when_started() -> R {
+    let node = PodNode::start("")?;
+    let mut c = node.client().await?;
+    let pc = pod_config(&node, "created");
+    let pod = run_pod(&mut c, &pc).await?;
+    let creator = c.clone();
+    let create = |config: v1::ContainerConfig| {
+        let mut c = creator.clone();
+        let pc = pc.clone();
+        let pod = pod.clone();
+        async move {
+            R::Ok(
+                c.create_container(v1::CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(config),
+                    sandbox_config: Some(pc),
+                })
+                .await?
+                .into_inner()
+                .container_id,
+            )
+        }
+    };
+
+    // Created: no process yet; new limits before the start are the ones it runs with;
+    // stopping it leaves it created.
+    let id = create(shell(
+        "late",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory.max 2>/dev/null; sleep 1000",
+    ))
+    .await?;
+    let s = status(&mut c, &id).await?;
+    assert_eq!(s.state, v1::ContainerState::ContainerCreated as i32);
+    assert!(!process_naming(&id), "no monitor or runtime process yet");
+    c.update_container_resources(v1::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 48 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await?;
+    c.stop_container(v1::StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await?;
+    assert_eq!(
+        status(&mut c, &id).await?.state,
+        v1::ContainerState::ContainerCreated as i32
+    );
+    c.start_container(v1::StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await?;
+    let s = status(&mut c, &id).await?;
+    assert_eq!(s.state, v1::ContainerState::ContainerRunning as i32);
+    assert!(s.started_at >= s.created_at);
+    let log = wait_for_text(&node.log_dir("created").join("late.log"), "stdout", LONG).await?;
+    assert!(log.contains(&(48u64 << 20).to_string()), "{log}");
+    let again = c
+        .start_container(v1::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect_err("started twice");
+    assert_eq!(again.code(), Code::FailedPrecondition);
+
+    // A process that cannot run fails the start: exited, StartError, the runtime's
+    // reason in the message.
+    let mut broken = shell("broken", "true");
+    broken.command = vec!["/no/such/binary".into()];
+    broken.args = vec![];
+    let bid = create(broken).await?;
+    let err = c
+        .start_container(v1::StartContainerRequest {
+            container_id: bid.clone(),
+        })
+        .await
+        .expect_err("no such binary");
+    assert!(
+        err.message().contains("/no/such/binary"),
+        "{}",
+        err.message()
+    );
+    let s = status(&mut c, &bid).await?;
+    assert_eq!(
+        (s.state, s.exit_code, s.reason.as_str()),
+        (
+            v1::ContainerState::ContainerExited as i32,
+            128,
+            "StartError"
+        ),
+        "{s:?}"
+    );
+
+    // A created container is removed without ever running.
+    let never = create(shell("never", "sleep 1000")).await?;
+    c.remove_container(v1::RemoveContainerRequest {
+        container_id: never.clone(),
+    })
+    .await?;
+    let gone = c
+        .container_status(v1::ContainerStatusRequest {
+            container_id: never,
+            verbose: false,
+        })
+        .await
+        .expect_err("removed");
+    assert_eq!(gone.code(), Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test]
 async fn events_exec_timeout_and_log_reopen() -> R {
     let node = PodNode::start("")?;
     let mut c = node.client().await?;

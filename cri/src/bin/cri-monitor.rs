@@ -14,11 +14,11 @@
 //!    a child subreaper and blocks SIGCHLD/SIGUSR1/SIGTERM/SIGINT/SIGHUP into a signalfd.
 //!    Listens on the attach socket, `<bundle>/attach.sock` (mode 0600).
 //! 3. Runs `<runtime> --root R --log <bundle>/runtime.log --log-format json [ARG…]
-//!    create --bundle B --pid-file <bundle>/pid [--console-socket S] ID` with the
+//!    run --detach --bundle B --pid-file <bundle>/pid [--console-socket S] ID` with the
 //!    container's stdout/stderr on pipes it owns (with `--tty`: the pty master received
-//!    over the console socket). The init process the runtime leaves behind is
-//!    reparented to the monitor.
-//! 4. Reports `{"created":{"container_pid":N}}`, or `{"failed":{"message":…}}` after a
+//!    over the console socket). The init process the runtime leaves running is
+//!    reparented to the monitor (one runtime process where `create` + `start` are two).
+//! 4. Reports `{"running":{"container_pid":N}}`, or `{"failed":{"message":…}}` after a
 //!    best-effort `<runtime> delete --force` and exits 1. Its own stdio then points to
 //!    /dev/null, its stderr to `<bundle>/monitor.log`.
 //! 5. Copies output to the CRI log (see `cri::runtime::logfmt`) and to attached
@@ -132,7 +132,7 @@ fn absolute_paths(mut args: MonitorArgs) -> monitor::Result<MonitorArgs> {
 
 /// Why the monitor gives up.
 enum Failure {
-    /// Before the container was reported created: sent on the sync pipe.
+    /// Before the container was reported running: sent on the sync pipe.
     Create(String),
     /// After: only our stderr (`monitor.log`) hears about it.
     Late(String),
@@ -186,7 +186,7 @@ fn run(args: &MonitorArgs, sync: &mut SyncPipe) -> Result<(), Failure> {
         None => None,
     };
 
-    // Before `created`: the caller may attach as soon as it hears of the container.
+    // Before `running`: the caller may attach as soon as it hears of the container.
     let (listener, address) = listen(&spec.bundle).map_err(|e| {
         create_err(
             &format!(
@@ -197,14 +197,14 @@ fn run(args: &MonitorArgs, sync: &mut SyncPipe) -> Result<(), Failure> {
         )
     })?;
 
-    let created = match create(args) {
+    let created = match run_container(args) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(address.path());
             return Err(e);
         }
     };
-    sync.send(&SyncMessage::Created {
+    sync.send(&SyncMessage::Running {
         container_pid: created.pid.as_raw(),
     });
     detach_stdio(&spec.bundle);
@@ -241,7 +241,7 @@ fn listen(bundle: &Path) -> io::Result<(UnixListener, SocketAddress)> {
     Ok((listener, address))
 }
 
-/// A container the runtime created, with the monitor's ends of its stdio.
+/// A container the runtime runs, with the monitor's ends of its stdio.
 struct Created {
     pid: Pid,
     sources: Vec<Source>,
@@ -272,7 +272,7 @@ fn runtime_command(args: &MonitorArgs) -> Command {
     c
 }
 
-fn create(args: &MonitorArgs) -> Result<Created, Failure> {
+fn run_container(args: &MonitorArgs) -> Result<Created, Failure> {
     let spec = &args.spec;
     let pid_file = spec.bundle.join("pid");
     let runtime_log = spec.bundle.join("runtime.log");
@@ -283,13 +283,14 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
     let pipe =
         || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| create_err("pipe", e));
 
-    // What the runtime's stderr says matters only when create fails; with a terminal
+    // What the runtime's stderr says matters only when it fails; with a terminal
     // it is not the container's stderr, so give it a pipe of its own.
     let (err_r, err_w) = pipe()?;
     let mut stdin_keep = None;
     let mut sources = Vec::new();
     let mut cmd = runtime_command(args);
-    cmd.arg("create")
+    cmd.arg("run")
+        .arg("--detach")
         .arg("--bundle")
         .arg(&spec.bundle)
         .arg("--pid-file")
@@ -398,7 +399,7 @@ fn create(args: &MonitorArgs) -> Result<Created, Failure> {
     })
 }
 
-/// Waits for `runtime create` while accepting its console socket connection.
+/// Waits for `runtime run` while accepting its console socket connection.
 fn wait_with_console(
     child: &mut Child,
     listener: &UnixListener,
@@ -431,7 +432,7 @@ fn wait_with_console(
             revents: 0,
         }];
         // The runtime's exit is not pollable here (SIGCHLD is blocked for the
-        // signalfd), so look at it every 20 ms while create runs.
+        // signalfd), so look at it every 20 ms while the runtime runs.
         let _ = sys::poll(&mut fds, 20);
     }
 }
@@ -447,7 +448,7 @@ fn console_socket_path(bundle: &Path) -> PathBuf {
     }
 }
 
-/// The runtime's own explanation of a failed create: the `error` entries it logged,
+/// The runtime's own explanation of a failed run: the `error` entries it logged,
 /// else its stderr, else its exit status.
 fn runtime_error(log: &Path, offset: u64, stderr: &File, status: ExitStatus) -> String {
     let mut msgs = Vec::new();
@@ -487,7 +488,7 @@ fn runtime_error(log: &Path, offset: u64, stderr: &File, status: ExitStatus) -> 
     let text = String::from_utf8_lossy(&buf);
     let text = text.trim();
     if text.is_empty() {
-        format!("runtime create failed ({status})")
+        format!("runtime run failed ({status})")
     } else {
         text.to_string()
     }
@@ -513,7 +514,7 @@ fn delete_container(args: &MonitorArgs) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    // The container's init, if any, was our child after create.
+    // The container's init, if any, was our child after run.
     while let Ok(Some(_)) = sys::reap_any() {}
 }
 

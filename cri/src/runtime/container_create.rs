@@ -1,12 +1,13 @@
-//! `CreateContainer`: root filesystem, OCI bundle, and the container created (not yet
-//! started) by the OCI runtime under its monitor.
+//! `CreateContainer`: root filesystem, OCI bundle and record. The OCI runtime first
+//! hears of the container at `StartContainer` (as with containerd, whose task is
+//! created there): one `run` then does what `create` + `start` do in two processes.
 
 use std::path::{Path, PathBuf};
 
 use proto::v1;
 
 use super::rootfs::Rootfs;
-use super::{Container, Error, Namespaces, Ns, Result, Runtime, io_err, monitor, now_ns, spec};
+use super::{Container, Error, Namespaces, Ns, Result, Runtime, io_err, now_ns, spec};
 
 impl Runtime {
     #[tracing::instrument(skip_all, fields(sandbox.id = %sandbox_id, container.id))]
@@ -96,15 +97,12 @@ impl Runtime {
             .await
         {
             Ok(c) => {
-                self.watch_exit(&c);
                 self.emit(&c, v1::ContainerEventType::ContainerCreatedEvent);
                 tracing::info!(name = %meta.name, image = %wanted, "container created");
                 Ok(id)
             }
             Err(e) => {
                 let dir = self.containers.dir_of(&id);
-                let handler = self.handler(&record.handler)?.clone();
-                let _ = handler.delete(&id).await;
                 let _ = Rootfs::new(&dir).unmount();
                 let _ = self.containers.remove(&id);
                 self.containers.release(&record);
@@ -156,28 +154,7 @@ impl Runtime {
                 .collect();
         }
         spec::write_bundle(&dir, &spec)?;
-        // Checkpoint before the runtime creates anything, so recovery knows about it.
-        let record = self.containers.add(record)?;
-        let handler = self.handler(&record.handler)?.clone();
-        let started = monitor::spawn(
-            &self.cfg.monitor,
-            &monitor::MonitorSpec {
-                id: record.id.clone(),
-                bundle: dir.clone(),
-                runtime: handler.path.clone(),
-                runtime_root: handler.root.clone(),
-                exit_file: dir.join("exit"),
-                log_path: (!record.log_path.is_empty()).then(|| PathBuf::from(&record.log_path)),
-                stdin: record.config.stdin,
-                stdin_once: record.config.stdin_once,
-                tty: record.config.tty,
-            },
-        )
-        .await?;
-        Ok(self.containers.update(&record.id, |c| {
-            c.pid = started.container_pid;
-            c.monitor_pid = started.monitor_pid;
-        })?)
+        Ok(self.containers.add(record)?)
     }
 
     /// The namespaces a container joins: the pod's network, IPC and UTS namespaces

@@ -101,7 +101,8 @@ impl Runtime {
     }
 
     /// Sends the stop signal, waits `timeout` seconds, then SIGKILL. A container that
-    /// is missing or already exited is not an error.
+    /// is missing or already exited is not an error; one never started has nothing to
+    /// stop and stays created (as with containerd).
     #[tracing::instrument(skip_all, fields(container.id = %id))]
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         let Ok(c) = self.containers.get(id) else {
@@ -109,7 +110,7 @@ impl Runtime {
         };
         let _guard = self.lock(&c.id).await;
         let c = self.containers.get(&c.id)?;
-        if !c.alive() {
+        if !c.alive() || c.unstarted() {
             return Ok(());
         }
         let handler = self.handler(&c.handler)?.clone();
@@ -144,8 +145,10 @@ impl Runtime {
         let Ok(c) = self.containers.get(&c.id) else {
             return Ok(());
         };
-        let handler = self.handler(&c.handler)?.clone();
-        handler.delete(&c.id).await?;
+        if !c.unstarted() {
+            let handler = self.handler(&c.handler)?.clone();
+            handler.delete(&c.id).await?;
+        }
         Rootfs::new(&self.containers.dir_of(&c.id)).unmount()?;
         self.containers.remove(&c.id)?;
         self.cpu_samples

@@ -1,4 +1,5 @@
-//! `UpdateContainerResources`: new limits applied by the OCI runtime's `update`.
+//! `UpdateContainerResources`: new limits applied by the OCI runtime's `update`, or
+//! written into the bundle of a container the runtime has not run yet.
 
 use proto::v1;
 
@@ -21,14 +22,39 @@ impl Runtime {
             )));
         }
         let dir = self.containers.dir_of(&c.id);
-        let path = dir.join("resources.json");
         let doc = oci_resources(&resources);
+        if c.unstarted() {
+            update_bundle(&dir.join("config.json"), &doc)?;
+            self.containers.update(&c.id, |c| c.resources = resources)?;
+            return Ok(());
+        }
+        let path = dir.join("resources.json");
         std::fs::write(&path, doc.to_string()).map_err(io_err("writing resources", &path))?;
         let handler = self.handler(&c.handler)?.clone();
         handler.update(&c.id, &path).await?;
         self.containers.update(&c.id, |c| c.resources = resources)?;
         Ok(())
     }
+}
+
+/// Sets the bundle's `linux.resources` fields that `doc` (from [`oci_resources`]) sets.
+fn update_bundle(spec_path: &std::path::Path, doc: &serde_json::Value) -> Result<()> {
+    let text = std::fs::read(spec_path).map_err(io_err("reading spec", spec_path))?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| {
+        Error::FailedPrecondition(format!("bundle spec {}: {e}", spec_path.display()))
+    })?;
+    let resources = &mut spec["linux"]["resources"];
+    for (section, fields) in doc.as_object().into_iter().flatten() {
+        match fields.as_object() {
+            Some(fields) if section != "unified" => {
+                for (k, v) in fields {
+                    resources[section][k] = v.clone();
+                }
+            }
+            _ => resources[section] = fields.clone(),
+        }
+    }
+    std::fs::write(spec_path, spec.to_string()).map_err(io_err("writing spec", spec_path))
 }
 
 /// The OCI `LinuxResources` document for CRI resources (zero means "not set").

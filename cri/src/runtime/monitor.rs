@@ -1,7 +1,7 @@
 //! Spawning and watching `cri-monitor`, the per-container monitor process, and the
 //! files it leaves behind.
 //!
-//! The monitor (`src/bin/cri-monitor.rs`) runs `<runtime> create` for one container,
+//! The monitor (`src/bin/cri-monitor.rs`) runs `<runtime> run --detach` for one container,
 //! owns the container's stdio, writes the CRI log, reaps the container and records its
 //! exit in an exit file. It outlives the CRI server: it forks itself once at start (the
 //! process we spawn exits at once and we reap it), and the forked copy calls `setsid`,
@@ -10,8 +10,7 @@
 //! # Sync protocol
 //! The monitor writes JSON lines ([`SyncMessage`]) on its stdout (or `--sync-fd N`):
 //! first `{"started":{"monitor_pid":N}}` after it detached, then exactly one of
-//! `{"created":{"container_pid":N}}` or `{"failed":{"message":"…"}}`, and closes it.
-//! After `created`, the caller runs `<runtime> start` itself.
+//! `{"running":{"container_pid":N}}` or `{"failed":{"message":"…"}}`, and closes it.
 //!
 //! # Exit file
 //! When the container's init process exits the monitor drains its output (until EOF or
@@ -20,7 +19,7 @@
 //! reading what it needs (OOM counters) from the container's cgroup.
 //!
 //! # Attach socket
-//! From before it reports `created` until the container exited, the monitor listens
+//! From before it reports `running` until the container exited, the monitor listens
 //! on `<bundle>/attach.sock` (unix stream socket, mode 0600; [`attach_socket_path`]).
 //! A path longer than `sun_path` holds is reached through a descriptor of the bundle
 //! directory instead, as `/proc/self/fd/<dirfd>/attach.sock` ([`attach_address`]);
@@ -63,7 +62,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::logfmt::Stream;
 
-/// How long [`spawn`] waits for the monitor to report the outcome of `create`.
+/// How long [`spawn`] waits for the monitor to report the outcome of `run`.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors of spawning and watching monitors.
@@ -183,7 +182,7 @@ impl MonitorSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorArgs {
     pub spec: MonitorSpec,
-    /// Extra global options for the runtime, placed before `create` (`--runtime-arg`).
+    /// Extra global options for the runtime, placed before `run` (`--runtime-arg`).
     pub runtime_args: Vec<OsString>,
     /// Where the sync messages go (`--sync-fd`, default 1 = stdout).
     pub sync_fd: RawFd,
@@ -280,13 +279,13 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<MonitorArg
 pub enum SyncMessage {
     /// The monitor detached; this is its pid.
     Started { monitor_pid: i32 },
-    /// `<runtime> create` succeeded; the container's init process waits for `start`.
-    Created { container_pid: i32 },
-    /// Creation failed; the monitor exits and left no container behind.
+    /// `<runtime> run --detach` succeeded; the container's init process runs.
+    Running { container_pid: i32 },
+    /// The runtime failed; the monitor exits and left no container behind.
     Failed { message: String },
 }
 
-/// A monitor that reported a created container.
+/// A monitor that reported a running container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Started {
     pub monitor_pid: i32,
@@ -305,7 +304,7 @@ pub struct ExitRecord {
 }
 
 /// Spawns `cri-monitor` for `spec` and waits (at most [`SYNC_TIMEOUT`]) until it
-/// reports the outcome of `<runtime> create`. A failed create is [`Error::Create`]
+/// reports the outcome of `<runtime> run`. A failed run is [`Error::Create`]
 /// with the runtime's own message; the monitor has then exited.
 #[tracing::instrument(skip_all, fields(container.id = %spec.id))]
 pub async fn spawn(monitor_bin: &Path, spec: &MonitorSpec) -> Result<Started> {
@@ -357,9 +356,9 @@ pub async fn spawn_with_timeout(
     let first = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
 
     match outcome {
-        Ok(Ok(Some(SyncMessage::Created { container_pid }))) => {
-            let monitor_pid = monitor_pid.ok_or_else(|| protocol(&id, "created before started"))?;
-            tracing::debug!(monitor_pid, container_pid, "container created");
+        Ok(Ok(Some(SyncMessage::Running { container_pid }))) => {
+            let monitor_pid = monitor_pid.ok_or_else(|| protocol(&id, "running before started"))?;
+            tracing::debug!(monitor_pid, container_pid, "container running");
             Ok(Started {
                 monitor_pid,
                 container_pid,
@@ -389,7 +388,7 @@ pub async fn spawn_with_timeout(
         Ok(Err(e)) => Err(e),
         Err(_) => {
             if let Some(pid) = monitor_pid.filter(|p| *p > 0) {
-                // A hung create: stop the monitor; the caller cleans up the container.
+                // A hung run: stop the monitor; the caller cleans up the container.
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             Err(Error::Timeout { id, timeout })
@@ -913,8 +912,8 @@ mod tests {
         assert!(!text.contains('\n'));
         assert_eq!(serde_json::from_str::<SyncMessage>(&text)?, m);
         assert_eq!(
-            serde_json::to_string(&SyncMessage::Created { container_pid: 7 })?,
-            r#"{"created":{"container_pid":7}}"#
+            serde_json::to_string(&SyncMessage::Running { container_pid: 7 })?,
+            r#"{"running":{"container_pid":7}}"#
         );
         Ok(())
     }

@@ -146,6 +146,11 @@ impl Container {
     pub fn alive(&self) -> bool {
         self.finished_at_ns.is_none()
     }
+
+    /// Created, and the OCI runtime has not heard of it yet: no process, no monitor.
+    pub fn unstarted(&self) -> bool {
+        self.started_at_ns.is_none() && self.finished_at_ns.is_none() && self.monitor_pid == 0
+    }
 }
 
 impl Record for Container {

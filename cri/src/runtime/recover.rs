@@ -36,6 +36,10 @@ impl Runtime {
             if !c.alive() {
                 continue;
             }
+            if c.unstarted() {
+                self.recover_unstarted(&c).await;
+                continue;
+            }
             if process_of(c.monitor_pid, &c.id) {
                 running += 1;
                 self.watch_exit(&c);
@@ -74,6 +78,28 @@ impl Runtime {
             running,
             "recovered runtime state"
         );
+    }
+
+    /// A created container stays created, unless the server stopped while starting it
+    /// (the runtime wrote its pid file): that start is recorded as failed and whatever
+    /// it left running is killed, as its monitor is unknown.
+    async fn recover_unstarted(&self, c: &super::Container) {
+        let pid_file = self.containers.dir_of(&c.id).join("pid");
+        if !pid_file.exists() {
+            return;
+        }
+        tracing::warn!(container.id = %c.id, "the server stopped while starting this container; recording the start as failed");
+        if let Ok(handler) = self.handler(&c.handler).cloned()
+            && let Err(e) = handler.delete(&c.id).await
+        {
+            tracing::warn!(container.id = %c.id, err = %e, "deleting a half-started container");
+        }
+        let _ = self.containers.update(&c.id, |c| {
+            c.reason = "StartError".into();
+            c.message = "the runtime stopped while the container was starting".into();
+            c.exit_code = 128;
+            c.finished_at_ns = Some(now_ns());
+        });
     }
 
     /// CNI CHECK of a recovered pod's network, in the background (it must not delay

@@ -245,11 +245,10 @@ impl Runtime {
             },
         )
         .await?;
-        self.sandboxes
-            .update(&sb.id, |s| s.monitor_pid = started.monitor_pid)?;
-        handler.start(&sb.id).await?;
-        self.sandboxes
-            .update(&sb.id, |s| s.infra_pid = started.container_pid)?;
+        self.sandboxes.update(&sb.id, |s| {
+            s.monitor_pid = started.monitor_pid;
+            s.infra_pid = started.container_pid;
+        })?;
         Ok(())
     }
 
