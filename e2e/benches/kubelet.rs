@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::bench::{CpuTimes, rss_kib, stats};
+use e2e::bench::{CpuTimes, pss_kib, rss_kib, stats};
 use e2e::kubelet::{KubeletNode, running_and_ready, static_name};
 
 const BURST: usize = 30;
@@ -33,10 +33,10 @@ spec:
     )
 }
 
-/// How many cri-monitor processes run, and their RSS in all.
-fn monitors_rss_kib() -> (usize, u64) {
+/// How many cri-monitor processes run, and their RSS and PSS in all.
+fn monitors_kib() -> (usize, u64, u64) {
     let mut n = 0;
-    let mut total = 0;
+    let (mut rss, mut pss) = (0, 0);
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
@@ -48,10 +48,11 @@ fn monitors_rss_kib() -> (usize, u64) {
             .is_some_and(|a| a.ends_with(b"cri-monitor"))
         {
             n += 1;
-            total += rss_kib(pid);
+            rss += rss_kib(pid);
+            pss += pss_kib(pid);
         }
     }
-    (n, total)
+    (n, rss, pss)
 }
 
 /// Waits until `done` holds for the pods, reading /pods every `every`.
@@ -115,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
     let burst_cpu = CpuTimes::now().busy_percent_since(&cpu);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let busy = rss_kib(pid);
-    let (monitors, monitors_kib) = monitors_rss_kib();
+    let busy_pss = pss_kib(pid);
+    let (monitors, monitors_rss, monitors_pss) = monitors_kib();
 
     let t = Instant::now();
     for n in &names {
@@ -137,9 +139,18 @@ async fn main() -> anyhow::Result<()> {
         "kubelet (with in-process CRI) RSS: {idle} KiB idle, {busy} KiB with {BURST} pods ({:+.0} KiB per pod)",
         (busy as f64 - idle as f64) / BURST as f64
     );
+    let each = |kib: u64| kib / monitors.max(1) as u64;
     println!(
-        "cri-monitor: {monitors} processes, {monitors_kib} KiB RSS in all ({} KiB each)",
-        monitors_kib / monitors.max(1) as u64
+        "cri-monitor: {monitors} processes, RSS {monitors_rss} KiB in all ({} KiB each), \
+         PSS {monitors_pss} KiB in all ({} KiB each: shared text counted once)",
+        each(monitors_rss),
+        each(monitors_pss)
+    );
+    println!(
+        "per running container (agent growth + its monitor's PSS): {:.0} KiB; \
+         agent + monitors with {BURST} pods: {:.1} MiB PSS",
+        (busy as f64 - idle as f64) / BURST as f64 + each(monitors_pss) as f64,
+        (busy_pss + monitors_pss) as f64 / 1024.0
     );
     Ok(())
 }

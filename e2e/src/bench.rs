@@ -19,14 +19,25 @@ pub fn stats(label: &str, v: &mut [Duration]) {
     );
 }
 
-/// Resident set size of a process in KiB, from /proc (0 if it is gone).
-pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// A `Key: N kB` field of a /proc file of a process, in KiB (0 if the process is gone).
+fn proc_kib(pid: u32, file: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Resident set size of a process in KiB, from /proc (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_kib(pid, "status", "VmRSS")
+}
+
+/// Proportional set size of a process in KiB (shared pages divided among the processes
+/// sharing them), from /proc (0 if it is gone): what one more such process costs.
+pub fn pss_kib(pid: u32) -> u64 {
+    proc_kib(pid, "smaps_rollup", "Pss")
 }
 
 /// The machine's CPU time so far, from the `cpu` line of /proc/stat (clock ticks).
