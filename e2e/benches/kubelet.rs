@@ -135,9 +135,9 @@ async fn main() -> anyhow::Result<()> {
         "{BURST} pods: manifests removed → gone   {:>8.1} ms",
         stop.as_secs_f64() * 1e3
     );
+    let per_pod = (busy as f64 - idle as f64) / BURST as f64;
     println!(
-        "kubelet (with in-process CRI) RSS: {idle} KiB idle, {busy} KiB with {BURST} pods ({:+.0} KiB per pod)",
-        (busy as f64 - idle as f64) / BURST as f64
+        "kubelet (with in-process CRI) RSS: {idle} KiB idle, {busy} KiB with {BURST} pods ({per_pod:+.0} KiB per pod)"
     );
     let each = |kib: u64| kib / monitors.max(1) as u64;
     println!(
@@ -149,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "per running container (agent growth + its monitor's PSS): {:.0} KiB; \
          agent + monitors with {BURST} pods: {:.1} MiB PSS",
-        (busy as f64 - idle as f64) / BURST as f64 + each(monitors_pss) as f64,
+        per_pod + each(monitors_pss) as f64,
         (busy_pss + monitors_pss) as f64 / 1024.0
     );
     Ok(())
