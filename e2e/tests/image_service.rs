@@ -451,10 +451,8 @@ async fn images_missing_everywhere_are_not_found() -> R {
     let dir = tempfile::tempdir()?;
     let layout = app_image("0", "here")?.write_layout(&dir.path().join("img"))?;
     reg.push(layout.dir(), "lib/img:1")?;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.to_string()
-    };
+    let closed = e2e::ClosedPort::new()?;
+    let dead = closed.addr();
     // The registry alone; with a mirror (that lacks everything); and a registry that is
     // down behind a mirror.
     let toml = format!(
@@ -855,10 +853,8 @@ async fn mirrors_are_tried_in_order_with_fallback_to_upstream() -> R {
     mirror.push(mi.dir(), "lib/img:1")?;
 
     // A closed port first (connection refused), then the mirror, then the registry.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.to_string()
-    };
+    let closed = e2e::ClosedPort::new()?;
+    let dead = closed.addr();
     let toml = format!(
         "[registry]\ninsecure = [\"{up}\"]\n[registry.mirrors.\"{up}\"]\nendpoints = [\"http://{dead}\", \"http://{mi}\"]\n",
         up = upstream.addr(),
