@@ -97,7 +97,19 @@ pub fn compute(input: &StatusInput<'_>) -> PodStatus {
         .map(|c| builder.container(c, ContainerKind::Regular))
         .collect();
 
-    let mut phase = phase(builder.policy, init, &init_statuses, &statuses);
+    let current = Instances::of_current_sandbox(input.observed);
+    let regular_started = regular.iter().any(|c| {
+        current
+            .newest(&c.name)
+            .is_some_and(|s| s.state() != v1::ContainerState::ContainerCreated)
+    });
+    let mut phase = phase(
+        builder.policy,
+        init,
+        &init_statuses,
+        &statuses,
+        regular_started,
+    );
     if !is_terminal(phase) {
         // A pod never leaves a terminal phase.
         let old_phase = old.and_then(|o| o.phase.as_deref());
@@ -446,12 +458,16 @@ fn last_terminated(s: &ContainerStatus) -> Option<&ContainerStateTerminated> {
     s.last_state.as_ref().and_then(|l| l.terminated.as_ref())
 }
 
-/// The pod phase from its container statuses (upstream `getPhase`).
+/// The pod phase from its container statuses (upstream `getPhase`). `regular_started`:
+/// a regular container was started in the current sandbox (upstream
+/// `HasAnyActiveRegularContainerStarted`); from then on a sidecar that is restarting
+/// or not yet past its startup probe no longer holds the pod Pending.
 fn phase(
     policy: RestartPolicy,
     init: &[Container],
     init_st: &[ContainerStatus],
     st: &[ContainerStatus],
+    regular_started: bool,
 ) -> &'static str {
     let (mut pending_init, mut failed_init, mut pending_sidecars) = (0, 0, 0);
     let (mut unknown, mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0, 0);
@@ -515,9 +531,9 @@ fn phase(
     if failed_init > 0 && policy == RestartPolicy::Never {
         return PHASE_FAILED;
     }
-    // Sidecars still starting only hold the pod pending while no regular container has
-    // stopped (after a node restart every container is stopped).
-    if pending_init > 0 || (pending_sidecars > 0 && stopped == 0) || waiting > 0 {
+    // Sidecars still starting only hold the pod pending until a regular container has
+    // started in this sandbox.
+    if pending_init > 0 || (pending_sidecars > 0 && !regular_started) || waiting > 0 {
         return PHASE_PENDING;
     }
     if running > 0 && unknown == 0 {
@@ -958,6 +974,24 @@ mod tests {
                 vec![running("side", 0, 190)],
                 Env::new(),
                 "Pending",
+            ),
+            (
+                "sidecar restarting behind its startup probe, web running",
+                startup_probe_sidecar_pod(),
+                vec![
+                    exited("side", 0, 1, 190),
+                    running("side", 1, 205),
+                    running("web", 0, 200),
+                ],
+                Env::new(),
+                "Running",
+            ),
+            (
+                "sidecar crash-looping, web running",
+                pod_with("Always", &["side"], &["web"]),
+                vec![exited("side", 0, 1, 190), running("web", 0, 200)],
+                Env::new().waiting("side", "CrashLoopBackOff"),
+                "Running",
             ),
             (
                 "sidecar running, job done under Never",
