@@ -492,6 +492,14 @@ spec:
       preStop:
         exec:
           command: [sh, -c, "echo prestop >> /markers/log"]
+  - name: web
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "touch /tmp/stop; exec busybox httpd -f -vv -p 8080 -h /tmp 2>>/markers/access"]
+    volumeMounts: [{{name: markers, mountPath: /markers}}]
+    lifecycle:
+      preStop:
+        httpGet: {{path: /stop, port: 8080}}
   volumes:
   - name: markers
     hostPath:
@@ -512,6 +520,12 @@ spec:
         std::fs::read_to_string(&log)?,
         "started\nprestop\nterm\n",
         "the preStop hook ran, then the container got SIGTERM and exited on its own"
+    );
+    // The httpGet hook went to the pod's IP on the pod network.
+    let access = std::fs::read_to_string(markers.join("access"))?;
+    assert!(
+        access.contains("url:/stop"),
+        "no preStop request in {access:?}"
     );
     Ok(())
 }

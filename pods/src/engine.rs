@@ -281,7 +281,7 @@ async fn worker(
                     Some(r)
                 }
             },
-            None => match terminate(&inner, &uid, last.as_ref()).await {
+            None => match terminate(&inner, &uid, last.as_ref(), &mut mem).await {
                 Ok(()) => {
                     {
                         let mut workers = lock(&inner.workers);
@@ -382,8 +382,7 @@ async fn sync_once(
 ) -> Result<Step, SyncError> {
     let name = pod_name(pod);
     if pod.metadata.deletion_timestamp.is_some() {
-        terminate(inner, uid, Some(pod)).await?;
-        publish(inner, uid, pod, mem, &Observed::default());
+        terminate(inner, uid, Some(pod), mem).await?;
         return Ok(Step::Done(None));
     }
     let observed = inner.cri.observe(uid).await?;
@@ -415,8 +414,20 @@ async fn sync_once(
     // wake the worker for it): its image backoff, or a short retry.
     let mut retry_start: Option<Duration> = None;
 
+    for w in &plan.waiting {
+        mem.waiting
+            .insert(w.name.clone(), (w.reason.clone(), w.message.clone()));
+    }
+    // What is known before acting is published first: an image pull, a hook or a
+    // failing sandbox can take long, and the pod is not left without a status meanwhile.
+    publish(inner, uid, pod, mem, &observed, false);
     if plan.kill_pod {
-        kill_pod(inner, pod, &observed).await?;
+        let reasons: HashMap<&str, plan::KillReason> = plan
+            .kill
+            .iter()
+            .map(|k| (k.container_id.as_str(), k.reason))
+            .collect();
+        kill_pod(inner, pod, &observed, &reasons).await?;
         changed = true;
     }
     if let Some(attempt) = plan.create_sandbox {
@@ -442,14 +453,21 @@ async fn sync_once(
         // The new sandbox's status (IP) drives what follows.
         return Ok(Step::Again);
     }
-    for k in &plan.kill {
+    // kill_pod has killed every container of the plan already.
+    for k in plan.kill.iter().filter(|_| !plan.kill_pod) {
         tracing::info!(pod = %name, container = %k.name, reason = ?k.reason, "killing container");
-        kill_container(inner, pod, &k.container_id, &k.name).await?;
+        let pod_ip = sandbox_ip(&observed);
+        kill_container(
+            inner,
+            pod,
+            &pod_ip,
+            &k.container_id,
+            &k.name,
+            Some(k.reason),
+            None,
+        )
+        .await?;
         changed = true;
-    }
-    for w in &plan.waiting {
-        mem.waiting
-            .insert(w.name.clone(), (w.reason.clone(), w.message.clone()));
     }
     if !plan.start.is_empty() {
         let sandbox = observed
@@ -505,14 +523,9 @@ async fn sync_once(
             )
         })
         .collect();
-    let pod_ip = observed
-        .sandboxes
-        .first()
-        .and_then(|s| s.network.as_ref())
-        .map(|n| n.ip.clone())
-        .unwrap_or_default();
+    let pod_ip = sandbox_ip(&observed);
     lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
-    publish(inner, uid, pod, mem, &observed);
+    publish(inner, uid, pod, mem, &observed, false);
     collect_dead(inner, &name, &observed).await;
     let requeue = match (plan.requeue_after, retry_start) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -652,8 +665,27 @@ fn pod_dir(inner: &Inner, uid: &str) -> PathBuf {
     inner.cfg.root_dir.join("pods").join(uid).join("volumes")
 }
 
-/// Computes the status and publishes the pod with it; logs phase transitions.
-fn publish(inner: &Inner, uid: &str, pod: &Pod, mem: &mut PodMemory, observed: &Observed) {
+/// The pod IP of the newest sandbox ("" before it has one, or on the host network).
+fn sandbox_ip(observed: &Observed) -> String {
+    observed
+        .sandboxes
+        .first()
+        .and_then(|s| s.network.as_ref())
+        .map(|n| n.ip.clone())
+        .unwrap_or_default()
+}
+
+/// Computes the status and publishes the pod with it (nothing is sent when it did not
+/// change); logs phase transitions. `terminal`: the pod has been killed for good and
+/// will not run again (upstream podIsTerminal).
+fn publish(
+    inner: &Inner,
+    uid: &str,
+    pod: &Pod,
+    mem: &mut PodMemory,
+    observed: &Observed,
+    terminal: bool,
+) {
     let (ready, started) = effective_probe_sets(inner, uid, pod, observed);
     let st = status::compute(&status::StatusInput {
         pod,
@@ -665,7 +697,11 @@ fn publish(inner: &Inner, uid: &str, pod: &Pod, mem: &mut PodMemory, observed: &
         runtime_name: &inner.cfg.runtime_name,
         now: SystemTime::now(),
         previous: mem.status.as_ref(),
+        terminal,
     });
+    if mem.status.as_ref() == Some(&st) {
+        return;
+    }
     let before = mem.status.as_ref().and_then(|s| s.phase.clone());
     if before != st.phase {
         tracing::info!(pod = %pod_name(pod), from = ?before, to = ?st.phase, "pod phase");
@@ -756,17 +792,14 @@ async fn start_container(
             pod_ip,
             host_network: spec.host_network.unwrap_or(false),
         };
-        let budget = Duration::from_secs(grace_seconds(pod));
         if let handlers::Outcome::Failure(msg) =
-            handlers::lifecycle(&target, &hook, &container, budget).await
+            handlers::lifecycle(&target, &hook, &container, POST_START_BUDGET).await
         {
             tracing::warn!(pod = %pod_name(pod), container = %s.name, %msg, "postStart hook failed; killing the container");
-            let _ = rt
-                .stop_container(v1::StopContainerRequest {
-                    container_id: id.clone(),
-                    timeout: 0,
-                })
-                .await;
+            // As any kill: its preStop hook, then the grace period.
+            if let Err(e) = kill_container(inner, pod, pod_ip, &id, &s.name, None, None).await {
+                tracing::warn!(pod = %pod_name(pod), container = %s.name, err = %e, "killing the container after its postStart hook failed");
+            }
             return Err(("PostStartHookError".into(), msg));
         }
         mem.post_start_done.insert(id);
@@ -853,79 +886,148 @@ async fn ensure_image(
     }
 }
 
-fn grace_seconds(pod: &Pod) -> u64 {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.termination_grace_period_seconds)
+/// How long a postStart hook may run. Upstream runs it without a deadline (the
+/// container stays Waiting meanwhile); a day stands in for that without overflowing
+/// timers.
+const POST_START_BUDGET: Duration = Duration::from_secs(24 * 3600);
+
+/// What a container gets after its preStop hook however little of the grace period is
+/// left, so that it still sees SIGTERM before SIGKILL (upstream
+/// minimumGracePeriodInSeconds).
+const MIN_STOP_SECONDS: u64 = 2;
+
+/// The grace period of a kill (upstream setTerminationGracePeriod): the deletion's own
+/// grace period, else for a probe kill the probe's terminationGracePeriodSeconds, else
+/// the pod's (30 s when unset).
+fn grace_seconds(
+    pod: &Pod,
+    container: Option<&Container>,
+    reason: Option<plan::KillReason>,
+) -> u64 {
+    if let Some(g) = pod.metadata.deletion_grace_period_seconds {
+        return g.max(0) as u64;
+    }
+    let probe = match reason {
+        Some(plan::KillReason::LivenessFailed) => container.and_then(|c| c.liveness_probe.as_ref()),
+        Some(plan::KillReason::StartupFailed) => container.and_then(|c| c.startup_probe.as_ref()),
+        _ => None,
+    };
+    probe
+        .and_then(|p| p.termination_grace_period_seconds)
+        .or_else(|| pod.spec.as_ref()?.termination_grace_period_seconds)
         .unwrap_or(30)
         .max(0) as u64
 }
 
-/// Runs the container's preStop hook within the grace period, then stops it with what
-/// is left of the period.
-async fn kill_container(inner: &Inner, pod: &Pod, id: &str, name: &str) -> Result<(), SyncError> {
+/// Kills one container as upstream killContainer does: its preStop hook within the
+/// grace period (skipped when the period is 0), then StopContainer with what is left,
+/// at least [`MIN_STOP_SECONDS`]. `grace` overrides the computed period (what is left of
+/// a pod-wide one).
+async fn kill_container(
+    inner: &Inner,
+    pod: &Pod,
+    pod_ip: &str,
+    id: &str,
+    name: &str,
+    reason: Option<plan::KillReason>,
+    grace: Option<Duration>,
+) -> Result<(), SyncError> {
     let spec = pod.spec.clone().unwrap_or_default();
-    let grace = Duration::from_secs(grace_seconds(pod));
-    let started = std::time::Instant::now();
     let container = spec
         .init_containers
         .iter()
         .flatten()
         .chain(spec.containers.iter())
         .find(|c| c.name == name);
-    if let Some(hook) = container.and_then(|c| c.lifecycle.as_ref()?.pre_stop.clone())
-        && let Some(c) = container
+    let grace = grace.unwrap_or_else(|| Duration::from_secs(grace_seconds(pod, container, reason)));
+    let started = std::time::Instant::now();
+    if let Some(c) = container
+        && let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+        && !grace.is_zero()
     {
         let target = handlers::Target {
             cri: &inner.cri,
             container_id: id,
-            pod_ip: "",
+            pod_ip,
             host_network: spec.host_network.unwrap_or(false),
         };
-        if let handlers::Outcome::Failure(msg) = handlers::lifecycle(&target, &hook, c, grace).await
+        if let handlers::Outcome::Failure(msg) = handlers::lifecycle(&target, hook, c, grace).await
         {
             tracing::warn!(pod = %pod_name(pod), container = %name, %msg, "preStop hook failed");
         }
     }
-    let left = grace.saturating_sub(started.elapsed());
+    let left = grace
+        .saturating_sub(started.elapsed())
+        .as_secs()
+        .max(MIN_STOP_SECONDS);
     inner
         .cri
         .runtime
         .clone()
         .stop_container(v1::StopContainerRequest {
             container_id: id.into(),
-            timeout: left.as_secs() as i64,
+            timeout: left as i64,
         })
         .await
         .map_err(rpc("StopContainer", &pod_name(pod)))?;
     Ok(())
 }
 
-/// Stops every running container (in parallel, each with its preStop hook and the
-/// grace period) and the pod's sandboxes.
-async fn kill_pod(inner: &Inner, pod: &Pod, observed: &Observed) -> Result<(), SyncError> {
-    let live: Vec<(String, String)> = observed
+/// Stops every live container and the pod's sandboxes. Regular (and init) containers
+/// are killed in parallel, each with its preStop hook and grace period; the sidecars
+/// after them, one at a time in reverse order, with what is left of the pod's grace
+/// period (upstream: sidecars outlive the containers they serve). `reasons` by
+/// container id, for probe-specific grace periods.
+async fn kill_pod(
+    inner: &Inner,
+    pod: &Pod,
+    observed: &Observed,
+    reasons: &HashMap<&str, plan::KillReason>,
+) -> Result<(), SyncError> {
+    let started = std::time::Instant::now();
+    let pod_ip = sandbox_ip(observed);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sidecars: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .filter(|c| plan::is_sidecar(c))
+        .map(|c| c.name.as_str())
+        .collect();
+    let live: Vec<(&str, &str)> = observed
         .containers
         .iter()
         .filter(|c| {
             c.state == v1::ContainerState::ContainerRunning as i32
                 || c.state == v1::ContainerState::ContainerCreated as i32
+                || c.state == v1::ContainerState::ContainerUnknown as i32
         })
         .map(|c| {
-            (
-                c.id.clone(),
-                c.labels
-                    .get(LABEL_CONTAINER_NAME)
-                    .cloned()
-                    .unwrap_or_default(),
-            )
+            let name = c.labels.get(LABEL_CONTAINER_NAME).map(String::as_str);
+            (c.id.as_str(), name.unwrap_or_default())
         })
         .collect();
-    let kills = live
-        .iter()
-        .map(|(id, name)| kill_container(inner, pod, id, name));
+    let (side, main): (Vec<_>, Vec<_>) = live.iter().partition(|(_, n)| sidecars.contains(n));
+    let kills = main.iter().map(|(id, name)| {
+        kill_container(
+            inner,
+            pod,
+            &pod_ip,
+            id,
+            name,
+            reasons.get(id).copied(),
+            None,
+        )
+    });
     for r in futures::future::join_all(kills).await {
         r?;
+    }
+    let pod_grace = Duration::from_secs(grace_seconds(pod, None, None));
+    for name in sidecars.iter().rev() {
+        for (id, _) in side.iter().filter(|(_, n)| n == name) {
+            let left = pod_grace.saturating_sub(started.elapsed());
+            kill_container(inner, pod, &pod_ip, id, name, None, Some(left)).await?;
+        }
     }
     let mut rt = inner.cri.runtime.clone();
     for sb in &observed.sandboxes {
@@ -941,12 +1043,27 @@ async fn kill_pod(inner: &Inner, pod: &Pod, observed: &Observed) -> Result<(), S
 }
 
 /// Terminates a pod that is no longer desired (or is being deleted): kill everything,
-/// remove its sandboxes and containers, clean its volumes.
-async fn terminate(inner: &Inner, uid: &str, pod: Option<&Pod>) -> Result<(), SyncError> {
+/// publish its final status (a terminal phase, with the real exit codes), then remove
+/// its sandboxes and containers and clean its volumes.
+async fn terminate(
+    inner: &Inner,
+    uid: &str,
+    pod: Option<&Pod>,
+    mem: &mut PodMemory,
+) -> Result<(), SyncError> {
     let observed = inner.cri.observe(uid).await?;
     let fallback = Pod::default();
+    let known = pod.is_some();
     let pod = pod.unwrap_or(&fallback);
-    kill_pod(inner, pod, &observed).await?;
+    let observed = if observed.containers.is_empty() && observed.sandboxes.is_empty() {
+        observed
+    } else {
+        kill_pod(inner, pod, &observed, &HashMap::new()).await?;
+        inner.cri.observe(uid).await?
+    };
+    if known {
+        publish(inner, uid, pod, mem, &observed, true);
+    }
     let mut rt = inner.cri.runtime.clone();
     for sb in &observed.sandboxes {
         rt.remove_pod_sandbox(v1::RemovePodSandboxRequest {
@@ -957,4 +1074,56 @@ async fn terminate(inner: &Inner, uid: &str, pod: Option<&Pod>) -> Result<(), Sy
     }
     volumes::cleanup(&pod_dir(inner, uid))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plan::KillReason::{LivenessFailed, PodTerminating, StartupFailed};
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("pod")
+    }
+
+    #[test]
+    fn grace_period_of_a_kill() {
+        let spec = serde_json::json!({
+            "terminationGracePeriodSeconds": 40,
+            "containers": [{"name": "c", "image": "i",
+                "livenessProbe": {"exec": {"command": ["true"]}, "terminationGracePeriodSeconds": 5},
+                "startupProbe": {"exec": {"command": ["true"]}}}]
+        });
+        let p = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}));
+        let c = p.spec.as_ref().map(|s| &s.containers[0]);
+        let deleting = pod(serde_json::json!({
+            "metadata": {"name": "p", "deletionGracePeriodSeconds": 3}, "spec": spec
+        }));
+        let unset = pod(serde_json::json!({"metadata": {"name": "p"}, "spec": {"containers": []}}));
+        let cases = [
+            ("the pod's period", &p, None, 40),
+            (
+                "a liveness kill uses the probe's period",
+                &p,
+                Some(LivenessFailed),
+                5,
+            ),
+            (
+                "a startup probe without one uses the pod's",
+                &p,
+                Some(StartupFailed),
+                40,
+            ),
+            ("other kills use the pod's", &p, Some(PodTerminating), 40),
+            (
+                "the deletion's period wins",
+                &deleting,
+                Some(LivenessFailed),
+                3,
+            ),
+            ("30 s when unset", &unset, None, 30),
+        ];
+        for (name, pod, reason, want) in cases {
+            assert_eq!(grace_seconds(pod, c, reason), want, "{name}");
+        }
+    }
 }

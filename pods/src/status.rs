@@ -73,6 +73,10 @@ pub struct StatusInput<'a> {
     pub now: SystemTime,
     /// The status last computed for this pod, if any (else the pod's own status is used).
     pub previous: Option<&'a PodStatus>,
+    /// The pod was killed for good and none of its containers runs again (upstream
+    /// podIsTerminal): once all have stopped, the phase is Succeeded or Failed whatever
+    /// the restart policy.
+    pub terminal: bool,
 }
 
 /// Computes the pod's status.
@@ -109,6 +113,7 @@ pub fn compute(input: &StatusInput<'_>) -> PodStatus {
         &init_statuses,
         &statuses,
         regular_started,
+        input.terminal,
     );
     if !is_terminal(phase) {
         // A pod never leaves a terminal phase.
@@ -286,7 +291,7 @@ impl Builder<'_, '_> {
             }
         }
 
-        let deleting = self.input.pod.metadata.deletion_timestamp.is_some();
+        let deleting = self.input.pod.metadata.deletion_timestamp.is_some() || self.input.terminal;
         let instances = self.instances.all(name);
         match instances {
             [] => self.vanished(&mut st, old, default_reason, deleting),
@@ -468,6 +473,7 @@ fn phase(
     init_st: &[ContainerStatus],
     st: &[ContainerStatus],
     regular_started: bool,
+    terminal: bool,
 ) -> &'static str {
     let (mut pending_init, mut failed_init, mut pending_sidecars) = (0, 0, 0);
     let (mut unknown, mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0, 0);
@@ -540,6 +546,13 @@ fn phase(
         return PHASE_RUNNING;
     }
     if running == 0 && stopped > 0 && unknown == 0 {
+        if terminal {
+            return if stopped == succeeded {
+                PHASE_SUCCEEDED
+            } else {
+                PHASE_FAILED
+            };
+        }
         return match policy {
             RestartPolicy::Always => PHASE_RUNNING,
             _ if stopped == succeeded => PHASE_SUCCEEDED,
@@ -775,6 +788,7 @@ mod tests {
         ready: HashSet<String>,
         started: HashSet<String>,
         waiting: HashMap<String, (String, String)>,
+        terminal: bool,
     }
 
     impl Env {
@@ -783,7 +797,13 @@ mod tests {
                 ready: HashSet::new(),
                 started: HashSet::new(),
                 waiting: HashMap::new(),
+                terminal: false,
             }
+        }
+
+        fn terminal(mut self) -> Self {
+            self.terminal = true;
+            self
         }
 
         fn ready(mut self, ids: &[&str]) -> Self {
@@ -820,6 +840,7 @@ mod tests {
                 host_ip: "192.168.1.10",
                 now: now(),
                 previous,
+                terminal: self.terminal,
             })
         }
     }
@@ -1012,6 +1033,53 @@ mod tests {
             let st = env.compute(&pod, &observed(containers), None);
             assert_eq!(st.phase.as_deref(), Some(want), "{name}");
         }
+    }
+
+    #[test]
+    fn a_killed_pod_ends_in_a_terminal_phase_with_its_exit_codes() {
+        let cases: Vec<(&str, Pod, Vec<v1::ContainerStatus>, &str)> = vec![
+            (
+                "Always, stopped cleanly on SIGTERM",
+                pod_with("Always", &[], &["web"]),
+                vec![exited("web", 0, 0, 200)],
+                "Succeeded",
+            ),
+            (
+                "Always, SIGKILLed",
+                pod_with("Always", &[], &["web", "log"]),
+                vec![exited("web", 0, 0, 200), exited("log", 0, 137, 200)],
+                "Failed",
+            ),
+            (
+                "OnFailure, one failed",
+                pod_with("OnFailure", &[], &["a"]),
+                vec![exited("a", 1, 2, 200)],
+                "Failed",
+            ),
+            (
+                "still stopping",
+                pod_with("Always", &[], &["web", "log"]),
+                vec![exited("web", 0, 0, 200), running("log", 0, 200)],
+                "Running",
+            ),
+        ];
+        for (name, pod, containers, want) in cases {
+            // A crash loop's waiting reason no longer shows: the container is done.
+            let env = Env::new().terminal().waiting("web", "CrashLoopBackOff");
+            let st = env.compute(&pod, &observed(containers), None);
+            assert_eq!(st.phase.as_deref(), Some(want), "{name}");
+            let web = container(&st, pod_regular_first(&pod));
+            if want != "Running" {
+                assert!(
+                    web.state.as_ref().is_some_and(|s| s.terminated.is_some()),
+                    "{name}: {web:?}"
+                );
+            }
+        }
+    }
+
+    fn pod_regular_first(pod: &Pod) -> &str {
+        &pod.spec.as_ref().expect("spec").containers[0].name
     }
 
     #[test]
