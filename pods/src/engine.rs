@@ -740,8 +740,12 @@ async fn start_container(
             )
         })?;
     let image_ref = ensure_image(inner, &container, mem).await?;
-    let mounts = volumes::mounts_for(&container, vols)
-        .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+    let config_error =
+        |e: &dyn std::fmt::Display| ("CreateContainerConfigError".to_string(), e.to_string());
+    // subPathExpr expands against the container's environment.
+    let env = translate::container_env(pod, &container, s.kind, &inner.cfg.node, pod_ip)
+        .map_err(|e| config_error(&e))?;
+    let mounts = volumes::mounts_for_env(&container, vols, &env).map_err(|e| config_error(&e))?;
     let config = translate::container_config(
         pod,
         &container,

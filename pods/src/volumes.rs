@@ -551,7 +551,8 @@ fn check_host_path(volume: &str, path: &Path, kind: &str) -> Result<()> {
                 fs::set_permissions(path, fs::Permissions::from_mode(0o644))
                     .map_err(io_err("chmod", path))
             }
-            Some(t) => must("file", !t.is_dir()),
+            // Upstream requires a regular file here too: not a socket or device.
+            Some(t) => must("file", t.is_file()),
         },
         "File" => must("file", ft.is_some_and(|t| t.is_file())),
         "Socket" => must("socket", ft.is_some_and(|t| t.is_socket())),
@@ -970,11 +971,30 @@ fn mounts_impl(
         let sub_path = match (vm.sub_path.as_deref(), vm.sub_path_expr.as_deref()) {
             (Some(s), None) | (Some(s), Some("")) => s.to_string(),
             (None | Some(""), Some(expr)) => match env {
-                Some(env) => translate::expand(expr, |name| {
-                    env.iter()
-                        .find(|kv| kv.key == name)
-                        .map(|kv| kv.value.clone())
-                }),
+                Some(env) => {
+                    // As upstream ExpandContainerVolumeMounts: a variable that is unset
+                    // or empty is an error, not a literal `$(X)` or an empty segment.
+                    let missing = std::cell::RefCell::new(std::collections::BTreeSet::new());
+                    let expanded = translate::expand(expr, |name| {
+                        let value = env
+                            .iter()
+                            .find(|kv| kv.key == name)
+                            .map(|kv| kv.value.clone());
+                        if value.as_deref().is_none_or(str::is_empty) {
+                            missing.borrow_mut().insert(name.to_string());
+                        }
+                        Some(value.unwrap_or_default())
+                    });
+                    let missing = missing.into_inner();
+                    if !missing.is_empty() {
+                        let names: Vec<String> = missing.into_iter().collect();
+                        return Err(bad(format!(
+                            "subPathExpr {expr:?}: missing value for {}",
+                            names.join(", ")
+                        )));
+                    }
+                    expanded
+                }
                 None => {
                     return Err(bad(
                         "subPathExpr needs the container's environment (mounts_for_env)".into(),
@@ -1225,6 +1245,8 @@ mod tests {
             ("DirectoryOrCreate", &file, false),
             ("FileOrCreate", &file, true),
             ("FileOrCreate", &dir, false),
+            ("FileOrCreate", &sock, false),
+            ("FileOrCreate", &chr, false),
             ("Bogus", &dir, false),
         ];
         if let Some(b) = block.as_deref() {
@@ -1813,6 +1835,19 @@ mod tests {
             value: "../../..".into(),
         }];
         assert!(mounts_for_env(&c, &vols, &evil).is_err());
+        for env in [
+            vec![],
+            vec![v1::KeyValue {
+                key: "POD_NAME".into(),
+                value: String::new(),
+            }],
+        ] {
+            let err = mounts_for_env(&c, &vols, &env).expect_err("unset or empty variable");
+            assert!(
+                err.to_string().contains("missing value for POD_NAME"),
+                "{err}"
+            );
+        }
         Ok(())
     }
 
