@@ -671,6 +671,24 @@ spec:
 "#,
         ),
     )?;
+    // runAsNonRoot with an image that runs as root (busybox has no USER).
+    node.write_manifest(
+        "nonroot.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: nonroot
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+"#,
+        ),
+    )?;
     let pod = node
         .wait_pod("nopull", LIMIT, |p| {
             waiting_reason(p, "app") == "ImagePullBackOff"
@@ -681,6 +699,17 @@ spec:
     assert!(
         log.contains("127.0.0.1:9/nothing/here:1"),
         "the pull error names the image"
+    );
+
+    let nonroot = node
+        .wait_pod("nonroot", LIMIT, |p| {
+            waiting_reason(p, "app") == "CreateContainerConfigError"
+        })
+        .await?;
+    assert_eq!(phase(&nonroot), "Pending");
+    assert!(
+        node.log_text().contains("the image runs as root"),
+        "the error says why"
     );
 
     let pod = node.wait_ready("probed", LIMIT).await?;

@@ -739,14 +739,18 @@ async fn start_container(
                 format!("no container {} in the pod", s.name),
             )
         })?;
-    let image_ref = ensure_image(inner, &container, mem).await?;
+    let image = ensure_image(inner, &container, mem).await?;
+    let image_ref = image.id.clone();
     let config_error =
         |e: &dyn std::fmt::Display| ("CreateContainerConfigError".to_string(), e.to_string());
+    let image_uid = image.uid.as_ref().map(|u| u.value);
+    translate::verify_run_as_non_root(pod, &container, image_uid, &image.username)
+        .map_err(|e| config_error(&e))?;
     // subPathExpr expands against the container's environment.
     let env = translate::container_env(pod, &container, s.kind, &inner.cfg.node, pod_ip)
         .map_err(|e| config_error(&e))?;
     let mounts = volumes::mounts_for_env(&container, vols, &env).map_err(|e| config_error(&e))?;
-    let config = translate::container_config(
+    let mut config = translate::container_config(
         pod,
         &container,
         s.kind,
@@ -756,7 +760,8 @@ async fn start_container(
         &inner.cfg.node,
         pod_ip,
     )
-    .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+    .map_err(|e| config_error(&e))?;
+    translate::apply_image_user(&mut config, image_uid, &image.username);
     let sandbox_config = translate::sandbox_config(
         pod,
         &inner.cfg.node,
@@ -811,13 +816,14 @@ async fn start_container(
     Ok(())
 }
 
-/// The image a container runs, pulled per its pull policy; an image that failed to pull
-/// is retried only after its backoff (ImagePullBackOff).
+/// The image a container runs (its id and user, from ImageStatus), pulled per its pull
+/// policy; an image that failed to pull is retried only after its backoff
+/// (ImagePullBackOff).
 async fn ensure_image(
     inner: &Inner,
     c: &Container,
     mem: &mut PodMemory,
-) -> Result<String, (String, String)> {
+) -> Result<v1::Image, (String, String)> {
     let image = c.image.clone().unwrap_or_default();
     let policy = c.image_pull_policy.clone().unwrap_or_else(|| {
         if image.ends_with(":latest") || !image.rsplit('/').next().unwrap_or_default().contains(':')
@@ -839,8 +845,7 @@ async fn ensure_image(
         })
         .await
         .ok()
-        .and_then(|r| r.into_inner().image)
-        .map(|i| i.id);
+        .and_then(|r| r.into_inner().image);
     match (policy.as_str(), present) {
         ("Never", None) => {
             return Err((
@@ -848,7 +853,7 @@ async fn ensure_image(
                 format!("container image {image:?} is not present with pull policy of Never"),
             ));
         }
-        ("Never" | "IfNotPresent", Some(id)) => return Ok(id),
+        ("Never" | "IfNotPresent", Some(img)) => return Ok(img),
         _ => {}
     }
     if let Some(b) = mem.image_backoff.get(&image)
@@ -870,7 +875,23 @@ async fn ensure_image(
     {
         Ok(r) => {
             mem.image_backoff.remove(&image);
-            Ok(r.into_inner().image_ref)
+            let image_ref = r.into_inner().image_ref;
+            // The pulled image's user, for runAsNonRoot and the default runAsUser.
+            let pulled = images
+                .image_status(v1::ImageStatusRequest {
+                    image: Some(v1::ImageSpec {
+                        image: image_ref.clone(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().image);
+            Ok(pulled.unwrap_or(v1::Image {
+                id: image_ref,
+                ..Default::default()
+            }))
         }
         Err(e) => {
             let prev = mem.image_backoff.get(&image).copied();

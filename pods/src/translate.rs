@@ -946,6 +946,32 @@ pub fn verify_run_as_non_root(
     }
 }
 
+/// Fills the user the container runs as from its image when the pod sets `runAsGroup`
+/// but no user (upstream determineEffectiveSecurityContext): the image's uid, else its
+/// user name. Runtimes reject a group without a user. Unlike upstream this is not done
+/// without `runAsGroup`: the runtime then takes the image's `user:group` whole, where a
+/// bare uid would drop the image's group.
+pub fn apply_image_user(
+    config: &mut v1::ContainerConfig,
+    image_uid: Option<i64>,
+    image_username: &str,
+) {
+    let Some(sc) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    else {
+        return;
+    };
+    if sc.run_as_group.is_none() || sc.run_as_user.is_some() || !sc.run_as_username.is_empty() {
+        return;
+    }
+    match image_uid {
+        Some(value) => sc.run_as_user = Some(v1::Int64Value { value }),
+        None => sc.run_as_username = image_username.to_owned(),
+    }
+}
+
 fn container_security_context(
     pod: &Pod,
     spec: &PodSpec,
@@ -2710,6 +2736,50 @@ mod tests {
         ];
         for spec in errors {
             assert!(container_sc(spec.clone()).is_err(), "{spec}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn image_user_fills_a_group_without_a_user() -> Result<()> {
+        let config = |pod_sc: serde_json::Value| -> Result<v1::ContainerConfig> {
+            let pod = pod_with(json!({"securityContext": pod_sc}));
+            container_config(
+                &pod,
+                first(&pod),
+                ContainerKind::Regular,
+                0,
+                "img",
+                vec![],
+                &node(),
+                "",
+            )
+        };
+        let sc = |c: &v1::ContainerConfig| {
+            c.linux
+                .clone()
+                .and_then(|l| l.security_context)
+                .unwrap_or_default()
+        };
+        // (pod securityContext, image uid, image user name, runAsUser, runAsUsername)
+        let cases = [
+            (json!({"runAsGroup": 7}), Some(1000), "", Some(1000), ""),
+            (json!({"runAsGroup": 7}), None, "app", None, "app"),
+            (
+                json!({"runAsGroup": 7, "runAsUser": 5}),
+                Some(1000),
+                "",
+                Some(5),
+                "",
+            ),
+            (json!({}), Some(1000), "", None, ""),
+        ];
+        for (pod_sc, uid, name, want_uid, want_name) in cases {
+            let mut c = config(pod_sc.clone())?;
+            apply_image_user(&mut c, uid, name);
+            let got = sc(&c);
+            assert_eq!(got.run_as_user.map(|v| v.value), want_uid, "{pod_sc}");
+            assert_eq!(got.run_as_username, want_name, "{pod_sc}");
         }
         Ok(())
     }
