@@ -21,7 +21,7 @@ pub struct Args {
     /// readOnlyPort, address, podLogsDir, clusterDNS, clusterDomain. Flags win.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Directory of static pod manifests.
+    /// Directory of static pod manifests, or one manifest file.
     #[arg(long = "pod-manifest-path")]
     pod_manifest_path: Option<PathBuf>,
     /// CRI endpoint of an external runtime (unix:///run/containerd/containerd.sock);

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -75,10 +76,16 @@ impl ManifestDir {
         m
     }
 
-    /// Re-reads the whole directory.
+    /// Re-reads the whole directory. The path may also name a single manifest file, as
+    /// upstream's `--pod-manifest-path` may.
     pub fn reload_all(&mut self) {
         self.files.clear();
         self.error = None;
+        if std::fs::metadata(&self.dir).is_ok_and(|m| m.is_file()) {
+            let path = self.dir.clone();
+            self.parse_into(path);
+            return;
+        }
         match std::fs::read_dir(&self.dir) {
             Ok(rd) => {
                 for e in rd.flatten() {
@@ -98,6 +105,10 @@ impl ManifestDir {
     /// Re-reads one file of the directory: parsed again if it is a manifest, forgotten
     /// if it is gone (or a dot file, or not a file).
     pub fn reload(&mut self, path: &Path) {
+        if path == self.dir {
+            self.reload_all();
+            return;
+        }
         let Some(name) = path.file_name() else {
             return;
         };
@@ -112,6 +123,10 @@ impl ManifestDir {
             self.files.remove(&path);
             return;
         }
+        self.parse_into(path);
+    }
+
+    fn parse_into(&mut self, path: PathBuf) {
         let pods = std::fs::read_to_string(&path)
             .map_err(|source| Error::Read {
                 path: path.clone(),
@@ -303,6 +318,18 @@ struct Change {
     paths: Vec<PathBuf>,
 }
 
+impl Change {
+    /// The change as far as `root` (the manifest path) goes: events of the parent's
+    /// watch about its other entries are dropped; an event about unknown paths stays.
+    fn only_about(mut self, root: &Path) -> Option<Self> {
+        if self.paths.is_empty() {
+            return Some(self);
+        }
+        self.paths.retain(|p| p == root || p.parent() == Some(root));
+        (!self.paths.is_empty()).then_some(self)
+    }
+}
+
 /// Our own reads of the manifests are events too (open, read, close without writing):
 /// they are not changes.
 fn classify(ev: notify::Result<notify::Event>) -> Option<Change> {
@@ -324,18 +351,27 @@ fn classify(ev: notify::Result<notify::Event>) -> Option<Change> {
     Some(Change { complete, paths })
 }
 
+/// Keeps the inotify watches that [`watch`] needs; dropping it stops the watching.
+pub type Watcher = Arc<Mutex<notify::RecommendedWatcher>>;
+
 /// Watches `dir` (inotify) and publishes a new snapshot after every change. Events
 /// closer than `settle` apart are taken together (an editor's save is several events).
+///
+/// The parent directory is watched too, for `dir` itself: when it is removed, replaced
+/// or renamed, or created after the start, it is read again and watched anew, so a
+/// replaced directory (say, a config management tool's atomic swap) keeps working
+/// without any periodic relisting. `dir` may also be a single manifest file.
 pub fn watch(
     dir: PathBuf,
     node_name: String,
     settle: Duration,
-) -> Result<(watch::Receiver<Snapshot>, notify::RecommendedWatcher)> {
+) -> Result<(watch::Receiver<Snapshot>, Watcher)> {
     let mut manifests = ManifestDir::load(&dir, &node_name);
     let (tx, rx) = watch::channel(manifests.snapshot());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Change>();
-    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Some(change) = classify(ev) {
+    let relevant = dir.clone();
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Some(change) = classify(ev).and_then(|c| c.only_about(&relevant)) {
             let _ = ev_tx.send(change);
         }
     })
@@ -343,13 +379,26 @@ pub fn watch(
         path: dir.clone(),
         source,
     })?;
-    let _ = std::fs::create_dir_all(&dir);
-    watcher
+    let watcher = Arc::new(Mutex::new(watcher));
+    if std::fs::symlink_metadata(&dir).is_err() {
+        // Upstream waits for a missing directory; creating it lets one drop files in.
+        let _ = std::fs::create_dir_all(&dir);
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        lock(&watcher)
+            .watch(parent, notify::RecursiveMode::NonRecursive)
+            .map_err(|source| Error::Watch {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+    }
+    lock(&watcher)
         .watch(&dir, notify::RecursiveMode::NonRecursive)
         .map_err(|source| Error::Watch {
             path: dir.clone(),
             source,
         })?;
+    let rewatch = Arc::downgrade(&watcher);
     tokio::spawn(async move {
         while let Some(first) = ev_rx.recv().await {
             // A finished write, a rename or a removal is a whole change: reload now.
@@ -378,6 +427,22 @@ pub fn watch(
                 paths.extend(c.paths);
             }
             if everything {
+                // The path itself changed: what was watched may be another inode now
+                // (or nothing). Watch what is there now, then read all of it.
+                let Some(watcher) = rewatch.upgrade() else {
+                    return;
+                };
+                let mut w = lock(&watcher);
+                let _ = w.unwatch(&dir);
+                match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        tracing::debug!(path = %dir.display(), "watching static pod manifests")
+                    }
+                    Err(e) => {
+                        tracing::info!(path = %dir.display(), err = %e, "static pod path not there; waiting for it to appear")
+                    }
+                }
+                drop(w);
                 manifests.reload_all();
             } else {
                 for p in &paths {
@@ -394,6 +459,10 @@ pub fn watch(
         }
     });
     Ok((rx, watcher))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -571,6 +640,85 @@ mod tests {
         let snap = m.snapshot();
         assert!(snap.pods.is_empty());
         assert!(snap.errors[0].contains("b.yaml"), "{:?}", snap.errors);
+        Ok(())
+    }
+
+    fn pod_named(name: &str) -> String {
+        WEB.replace("name: web", &format!("name: {name}"))
+    }
+
+    /// Waits (10 s at most) until the snapshot's pod names are `want`.
+    async fn until_pods(rx: &mut watch::Receiver<Snapshot>, want: &[&str]) {
+        let names = |s: &Snapshot| -> Vec<String> {
+            let mut v: Vec<String> = s
+                .pods
+                .values()
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        let want: Vec<String> = want.iter().map(|n| format!("{n}-n")).collect();
+        let wait = async {
+            while names(&rx.borrow_and_update()) != want {
+                rx.changed().await.expect("watch task alive");
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .is_err()
+        {
+            panic!("pods {:?}, want {want:?}", names(&rx.borrow()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removed_or_replaced_directory_is_watched_again() -> std::io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().join("manifests");
+        let (mut rx, _w) =
+            watch(dir.clone(), "n".into(), Duration::from_millis(20)).expect("watch");
+        std::fs::write(dir.join("a.yaml"), pod_named("a"))?;
+        until_pods(&mut rx, &["a"]).await;
+        // Swapped for another directory at once (rename over it).
+        let next = tmp.path().join("next");
+        std::fs::create_dir(&next)?;
+        std::fs::write(next.join("b.yaml"), pod_named("b"))?;
+        std::fs::rename(&dir, tmp.path().join("old"))?;
+        std::fs::rename(&next, &dir)?;
+        until_pods(&mut rx, &["b"]).await;
+        // The new directory is the one watched.
+        std::fs::write(dir.join("c.yaml"), pod_named("c"))?;
+        until_pods(&mut rx, &["b", "c"]).await;
+        std::fs::write(tmp.path().join("old/z.yaml"), pod_named("z"))?;
+        // Removed, then made again.
+        std::fs::remove_dir_all(&dir)?;
+        until_pods(&mut rx, &[]).await;
+        std::fs::create_dir(&dir)?;
+        std::fs::write(dir.join("d.yaml"), pod_named("d"))?;
+        until_pods(&mut rx, &["d"]).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_single_manifest_file_is_a_manifest_path() -> std::io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let file = tmp.path().join("web.yaml");
+        std::fs::write(&file, pod_named("a"))?;
+        std::fs::write(tmp.path().join("other.yaml"), pod_named("other"))?;
+        let (mut rx, _w) =
+            watch(file.clone(), "n".into(), Duration::from_millis(20)).expect("watch");
+        until_pods(&mut rx, &["a"]).await;
+        // Written in place, then replaced by a rename (as editors save).
+        std::fs::write(&file, pod_named("b"))?;
+        until_pods(&mut rx, &["b"]).await;
+        let tmp_file = tmp.path().join(".web.yaml.swp");
+        std::fs::write(&tmp_file, pod_named("c"))?;
+        std::fs::rename(&tmp_file, &file)?;
+        until_pods(&mut rx, &["c"]).await;
+        std::fs::write(tmp.path().join("more.yaml"), pod_named("more"))?;
+        std::fs::remove_file(&file)?;
+        until_pods(&mut rx, &[]).await;
         Ok(())
     }
 
