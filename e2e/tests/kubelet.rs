@@ -531,6 +531,53 @@ spec:
 }
 
 #[tokio::test]
+async fn termination_messages_come_from_the_file_or_the_log() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "last.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: last
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 1000, runAsGroup: 1000}
+  containers:
+  - name: file
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "echo -n 'written by me' > /dev/termination-log; exit 3"]
+  - name: custom
+    image: IMAGE
+    imagePullPolicy: Never
+    terminationMessagePath: /tmp/last-words
+    command: [sh, -c, "echo -n custom > /tmp/last-words"]
+  - name: logs
+    image: IMAGE
+    imagePullPolicy: Never
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, "echo first; echo 'it broke' >&2; exit 1"]
+"#,
+        ),
+    )?;
+    let pod = node
+        .wait_pod("last", LIMIT, |p| phase(p) == "Failed")
+        .await?;
+    let message = |name: &str| {
+        container(&pod, name)
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.message.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(message("file"), "written by me", "a non-root user wrote it");
+    assert_eq!(message("custom"), "custom");
+    assert_eq!(message("logs"), "first\nit broke\n");
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_empty_dir_is_shared_between_two_containers() -> R {
     let node = KubeletNode::start().await?;
     node.write_manifest(

@@ -199,7 +199,7 @@ impl Cri {
             })
             .await
         {
-            Ok(r) => Ok(r.into_inner().status),
+            Ok(r) => Ok(r.into_inner().status.map(crate::termination::with_message)),
             Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(Error::Rpc {
                 rpc: "ContainerStatus",

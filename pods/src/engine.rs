@@ -11,7 +11,7 @@
 //!   computes the pod's status from what the runtime then reports.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +23,7 @@ use crate::backoff::BackoffPolicy;
 use crate::cri::Cri;
 use crate::probe::{Kind, ProbeUpdate, Prober};
 use crate::translate::{self, ContainerKind, NodeInfo};
-use crate::{LABEL_CONTAINER_NAME, Observed, handlers, plan, status, volumes};
+use crate::{LABEL_CONTAINER_NAME, Observed, handlers, plan, status, termination, volumes};
 
 /// What the engine needs to know about the node and where it keeps files.
 #[derive(Debug, Clone)]
@@ -586,6 +586,10 @@ async fn collect_dead(inner: &Inner, pod: &str, observed: &Observed) {
             .await
         {
             tracing::warn!(%pod, container.id = %c.id, err = %e, "removing an old dead container");
+        } else if let Some(file) = termination::host_file(c)
+            && Path::new(file).starts_with(&inner.cfg.root_dir)
+        {
+            let _ = std::fs::remove_file(file);
         }
     }
     for sb in observed.sandboxes.iter().skip(1) {
@@ -661,8 +665,17 @@ fn effective_probe_sets(
     (ready, started)
 }
 
+/// `<root>/pods/<uid>`: the pod's volumes and its containers' termination messages.
+fn pod_root(inner: &Inner, uid: &str) -> PathBuf {
+    inner.cfg.root_dir.join("pods").join(uid)
+}
+
 fn pod_dir(inner: &Inner, uid: &str) -> PathBuf {
-    inner.cfg.root_dir.join("pods").join(uid).join("volumes")
+    pod_root(inner, uid).join("volumes")
+}
+
+fn pod_uid(pod: &Pod) -> String {
+    pod.metadata.uid.clone().unwrap_or_default()
 }
 
 /// The pod IP of the newest sandbox ("" before it has one, or on the host network).
@@ -749,7 +762,19 @@ async fn start_container(
     // subPathExpr expands against the container's environment.
     let env = translate::container_env(pod, &container, s.kind, &inner.cfg.node, pod_ip)
         .map_err(|e| config_error(&e))?;
-    let mounts = volumes::mounts_for_env(&container, vols, &env).map_err(|e| config_error(&e))?;
+    let mut mounts =
+        volumes::mounts_for_env(&container, vols, &env).map_err(|e| config_error(&e))?;
+    // Each instance gets its own empty termination message file.
+    let message_path = translate::termination_message_path(&container);
+    if !message_path.is_empty() && !mounts.iter().any(|m| m.container_path == message_path) {
+        let file = termination::create_file(&pod_root(inner, &pod_uid(pod)), &container.name)
+            .map_err(|e| config_error(&format!("creating the termination message file: {e}")))?;
+        mounts.push(v1::Mount {
+            container_path: message_path.to_string(),
+            host_path: file.display().to_string(),
+            ..Default::default()
+        });
+    }
     let mut config = translate::container_config(
         pod,
         &container,
@@ -1098,6 +1123,15 @@ async fn terminate(
         .map_err(rpc("RemovePodSandbox", uid))?;
     }
     volumes::cleanup(&pod_dir(inner, uid))?;
+    let root = pod_root(inner, uid);
+    match std::fs::remove_dir_all(root.join("containers")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %root.display(), err = %e, "removing termination message files")
+        }
+    }
+    let _ = std::fs::remove_dir(&root);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod handlers;
 pub mod plan;
 pub mod probe;
 pub mod status;
+pub mod termination;
 pub mod translate;
 pub mod volumes;
 
@@ -32,6 +33,12 @@ pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 pub const ANNOTATION_CONTAINER_HASH: &str = "io.kubernetes.container.hash";
 pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
 pub const ANNOTATION_TERMINATION_GRACE: &str = "io.kubernetes.pod.terminationGracePeriod";
+/// Where in the container its termination message is written (upstream's key).
+pub const ANNOTATION_TERMINATION_MESSAGE_PATH: &str =
+    "io.kubernetes.container.terminationMessagePath";
+/// `File` or `FallbackToLogsOnError` (upstream's key).
+pub const ANNOTATION_TERMINATION_MESSAGE_POLICY: &str =
+    "io.kubernetes.container.terminationMessagePolicy";
 
 /// What the runtime reports about one pod: its sandboxes (newest first) and every
 /// container of those sandboxes (any state).

@@ -19,6 +19,7 @@ use proto::v1;
 
 use crate::{
     ANNOTATION_CONTAINER_HASH, ANNOTATION_RESTART_COUNT, ANNOTATION_TERMINATION_GRACE,
+    ANNOTATION_TERMINATION_MESSAGE_PATH, ANNOTATION_TERMINATION_MESSAGE_POLICY,
     LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
 
@@ -946,6 +947,14 @@ pub fn verify_run_as_non_root(
     }
 }
 
+/// Where the container writes its termination message ("" for none); upstream's default
+/// is `/dev/termination-log`.
+pub fn termination_message_path(c: &Container) -> &str {
+    c.termination_message_path
+        .as_deref()
+        .unwrap_or("/dev/termination-log")
+}
+
 /// Fills the user the container runs as from its image when the pod sets `runAsGroup`
 /// but no user (upstream determineEffectiveSecurityContext): the image's uid, else its
 /// user name. Runtimes reject a group without a user. Unlike upstream this is not done
@@ -1538,6 +1547,16 @@ pub fn container_config(
         spec.termination_grace_period_seconds
             .unwrap_or(DEFAULT_GRACE_SECONDS)
             .to_string(),
+    );
+    annotations.insert(
+        ANNOTATION_TERMINATION_MESSAGE_PATH.to_string(),
+        termination_message_path(c).to_string(),
+    );
+    annotations.insert(
+        ANNOTATION_TERMINATION_MESSAGE_POLICY.to_string(),
+        c.termination_message_policy
+            .clone()
+            .unwrap_or_else(|| "File".into()),
     );
 
     Ok(v1::ContainerConfig {
