@@ -600,6 +600,12 @@ spec:
     imagePullPolicy: Never
     command: [sh, -c, "exec sleep 3600"]
     volumeMounts: [{name: scratch, mountPath: /shared}]
+  - name: sub
+    image: IMAGE
+    imagePullPolicy: Never
+    env: [{name: WHO, value: me}]
+    command: [sh, -c, "echo in sub > /only/file; exec sleep 3600"]
+    volumeMounts: [{name: scratch, mountPath: /only, subPathExpr: "dir-$(WHO)"}]
   volumes:
   - name: scratch
     emptyDir: {}
@@ -629,6 +635,20 @@ spec:
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = exec(&mut c, &writer, &["cat", "/data/reply"]).await?;
     assert_eq!(out.trim(), "hello from reader");
+    // A subPathExpr sees only its directory of the volume.
+    let (_, out, _) = exec(&mut c, &writer, &["cat", "/data/dir-me/file"]).await?;
+    assert_eq!(out.trim(), "in sub");
+    let sub = container_id(&pod, "sub");
+    let (code, _, _) = exec(&mut c, &sub, &["test", "-e", "/only/msg"]).await?;
+    assert_ne!(code, 0, "the rest of the volume is not visible");
+    // Its bind mount goes with the pod.
+    node.remove_manifest("share.yaml")?;
+    node.wait_for(LIMIT, |pods| !has_uid(pods, &uid(&pod))).await?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(
+        !mounts.contains(&format!("{}/", uid(&pod))),
+        "mounts of the pod left: {mounts}"
+    );
     Ok(())
 }
 

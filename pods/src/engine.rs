@@ -1122,8 +1122,10 @@ async fn terminate(
         .await
         .map_err(rpc("RemovePodSandbox", uid))?;
     }
-    volumes::cleanup(&pod_dir(inner, uid))?;
     let root = pod_root(inner, uid);
+    // The subPath bind mounts pin inodes of the volumes: they go first.
+    volumes::cleanup(&root.join("volume-subpaths"))?;
+    volumes::cleanup(&pod_dir(inner, uid))?;
     match std::fs::remove_dir_all(root.join("containers")) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -133,6 +133,8 @@ pub struct PreparedVolume {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PreparedVolumes {
     volumes: BTreeMap<String, PreparedVolume>,
+    /// `<kubelet root>/pods/<uid>/volume-subpaths`: the bind mounts of checked subPaths.
+    subpaths: PathBuf,
 }
 
 impl PreparedVolumes {
@@ -149,7 +151,10 @@ impl PreparedVolumes {
 /// Idempotent: run it again and mounted tmpfs stay, downwardAPI files are republished
 /// only when their content changed (new labels or annotations).
 pub fn prepare(pod: &Pod, root: &Path, node: &NodeInfo) -> Result<PreparedVolumes> {
-    let mut out = PreparedVolumes::default();
+    let mut out = PreparedVolumes {
+        subpaths: subpaths_dir(root),
+        ..Default::default()
+    };
     let volumes = pod
         .spec
         .as_ref()
@@ -925,7 +930,7 @@ fn mounts_impl(
         .and_then(|s| s.privileged)
         .unwrap_or(false);
     let mut out: Vec<v1::Mount> = Vec::new();
-    for vm in c.volume_mounts.iter().flatten() {
+    for (index, vm) in c.volume_mounts.iter().flatten().enumerate() {
         let bad = |reason: String| Error::InvalidMount {
             container: c.name.clone(),
             volume: vm.name.clone(),
@@ -1009,14 +1014,19 @@ fn mounts_impl(
         let host_path = if sub_path.is_empty() {
             vol.host_path.clone()
         } else {
-            resolve_sub_path(&vol.host_path, &sub_path, !vol.kind.always_read_only()).map_err(
-                |reason| Error::InvalidSubPath {
+            let target = vols
+                .subpaths
+                .join(&vm.name)
+                .join(&c.name)
+                .join(index.to_string());
+            resolve_sub_path(&vol.host_path, &sub_path, !vol.kind.always_read_only())
+                .and_then(|(base, real)| bind_sub_path(&base, &real, &target))
+                .map_err(|reason| Error::InvalidSubPath {
                     container: c.name.clone(),
                     volume: vm.name.clone(),
                     sub_path: sub_path.clone(),
                     reason,
-                },
-            )?
+                })?
         };
         let host_path = host_path
             .to_str()
@@ -1034,9 +1044,19 @@ fn mounts_impl(
     Ok(out)
 }
 
+/// Where the checked subPath bind mounts of a pod go, beside its volumes directory.
+pub fn subpaths_dir(volumes_root: &Path) -> PathBuf {
+    volumes_root
+        .parent()
+        .unwrap_or(volumes_root)
+        .join("volume-subpaths")
+}
+
 /// `base/sub` with every symlink resolved and kept inside `base`; missing components are
-/// created as directories with `base`'s mode when `create`. The error is the reason.
-fn resolve_sub_path(base: &Path, sub: &str, create: bool) -> Result<PathBuf, String> {
+/// created as directories with `base`'s mode when `create`. Returns the canonical base
+/// and the resolved path; the error is the reason. What it returns is only checked at
+/// that moment: [`bind_sub_path`] pins it.
+fn resolve_sub_path(base: &Path, sub: &str, create: bool) -> Result<(PathBuf, PathBuf), String> {
     if sub.starts_with('/') {
         return Err("must be relative".into());
     }
@@ -1093,7 +1113,109 @@ fn resolve_sub_path(base: &Path, sub: &str, create: bool) -> Result<PathBuf, Str
     if !real.starts_with(&base_real) {
         return Err("resolves out of the volume".into());
     }
-    Ok(real)
+    Ok((base_real, real))
+}
+
+/// Opens `real` (inside `base`, symlinks already resolved) one component at a time from
+/// `base` with O_NOFOLLOW: if a component was swapped for a symlink since it was
+/// checked, the open fails instead of following it out of the volume (the
+/// CVE-2017-1002101 class). The fd is an O_PATH handle on exactly the checked inode.
+fn open_no_follow(base: &Path, real: &Path) -> Result<std::os::fd::OwnedFd, String> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::Mode;
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let rel = real
+        .strip_prefix(base)
+        .map_err(|_| format!("{} is not inside {}", real.display(), base.display()))?;
+    let mut fd = open(base, flags | OFlag::O_DIRECTORY, Mode::empty())
+        .map_err(|e| format!("opening {}: {e}", base.display()))?;
+    let mut walked = base.to_path_buf();
+    for comp in rel.components() {
+        let Component::Normal(name) = comp else {
+            return Err(format!("unexpected component in {}", rel.display()));
+        };
+        walked.push(name);
+        let next = openat(&fd, name, flags, Mode::empty())
+            .map_err(|e| format!("opening {}: {e}", walked.display()))?;
+        let st =
+            nix::sys::stat::fstat(&next).map_err(|e| format!("stat {}: {e}", walked.display()))?;
+        if st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK {
+            return Err(format!(
+                "{} changed into a symlink while it was being mounted",
+                walked.display()
+            ));
+        }
+        fd = next;
+    }
+    Ok(fd)
+}
+
+/// Bind mounts the checked `real` at `target` through its no-follow fd, so the container
+/// gets that inode whatever happens to the path later; an earlier mount at `target`
+/// (the previous instance of the container) is replaced.
+fn bind_sub_path(base: &Path, real: &Path, target: &Path) -> Result<PathBuf, String> {
+    use std::os::fd::AsRawFd;
+    let fd = open_no_follow(base, real)?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| format!("stat {}: {e}", real.display()))?;
+    let is_dir = st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFDIR;
+    let parent = target.parent().unwrap_or(target);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(parent)
+        .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    if mount_points_under(target)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .any(|m| m == target)
+    {
+        nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| format!("unmounting {}: {e}", target.display()))?;
+    }
+    match fs::symlink_metadata(target) {
+        Ok(md) if md.is_dir() == is_dir && !md.file_type().is_symlink() => {}
+        Ok(md) => {
+            let removed = if md.is_dir() {
+                fs::remove_dir(target)
+            } else {
+                fs::remove_file(target)
+            };
+            removed.map_err(|e| format!("removing {}: {e}", target.display()))?;
+            make_mount_point(target, is_dir)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => make_mount_point(target, is_dir)?,
+        Err(e) => return Err(format!("{}: {e}", target.display())),
+    }
+    let source = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    nix::mount::mount(
+        Some(&source),
+        target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        format!(
+            "bind mounting {} at {}: {e}",
+            real.display(),
+            target.display()
+        )
+    })?;
+    debug!(sub_path = %real.display(), at = %target.display(), "subPath mounted");
+    Ok(target.to_path_buf())
+}
+
+fn make_mount_point(target: &Path, is_dir: bool) -> Result<(), String> {
+    let made = if is_dir {
+        fs::DirBuilder::new().mode(0o750).create(target)
+    } else {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(target)
+            .map(drop)
+    };
+    made.map_err(|e| format!("creating {}: {e}", target.display()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1639,8 +1761,20 @@ mod tests {
         Ok(())
     }
 
+    /// Both paths are the same inode (a bind mount of the other).
+    fn same_file(a: impl AsRef<Path>, b: impl AsRef<Path>) -> bool {
+        match (fs::metadata(a), fs::metadata(b)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+
     #[test]
     fn mounts_from_volume_mounts() -> TestResult {
+        if !is_root() {
+            eprintln!("skipping mounts_from_volume_mounts: needs root to bind mount a subPath");
+            return Ok(());
+        }
         let tmp = tempfile::tempdir()?;
         let host = tmp.path().join("host");
         fs::create_dir(&host)?;
@@ -1652,9 +1786,10 @@ mod tests {
             ]),
             json!([]),
         );
-        let vols = prepare(&pod, tmp.path(), &node())?;
+        let root = tmp.path().join("volumes");
+        let vols = prepare(&pod, &root, &node())?;
         let scratch = vols.get("scratch").ok_or("no volume")?.host_path.clone();
-        let scratch_real = fs::canonicalize(&scratch)?;
+        let pinned = subpaths_dir(&root).join("scratch/app/3");
         let c = container(json!({"name": "app", "volumeMounts": [
             {"name": "scratch", "mountPath": "/scratch"},
             {"name": "host", "mountPath": "/host", "readOnly": true, "mountPropagation": "HostToContainer"},
@@ -1701,13 +1836,24 @@ mod tests {
                 ),
                 (
                     "/sub",
-                    scratch_real.join("a/b").to_string_lossy().into_owned(),
+                    pinned.to_string_lossy().into_owned(),
                     false,
                     private
                 ),
             ]
         );
         assert!(scratch.join("a/b").is_dir(), "subPath created");
+        assert!(
+            same_file(&pinned, scratch.join("a/b")),
+            "the subPath is bind mounted"
+        );
+        // The next instance of the container replaces the mount, not stacks on it.
+        mounts_for(&c, &vols)?;
+        let stacked = mount_points_under(&subpaths_dir(&root))?;
+        assert_eq!(stacked, vec![pinned.clone()]);
+        cleanup(&subpaths_dir(&root))?;
+        assert!(!subpaths_dir(&root).exists());
+        assert!(scratch.join("a/b").is_dir(), "the volume is left alone");
         assert_eq!(
             fs::metadata(scratch.join("a/b"))?.mode() & 0o7777,
             0o777,
@@ -1765,6 +1911,10 @@ mod tests {
 
     #[test]
     fn sub_path_escapes_are_refused() -> TestResult {
+        if !is_root() {
+            eprintln!("skipping sub_path_escapes_are_refused: needs root to bind mount a subPath");
+            return Ok(());
+        }
         let tmp = tempfile::tempdir()?;
         let outside = tmp.path().join("outside");
         fs::create_dir(&outside)?;
@@ -1804,19 +1954,42 @@ mod tests {
         let c = container(json!({"name": "app", "volumeMounts": [
             {"name": "v", "mountPath": "/m", "subPath": "in/new"}]}));
         let m = mounts_for(&c, &vols)?;
-        assert_eq!(
-            PathBuf::from(&m[0].host_path),
-            fs::canonicalize(&base)?.join("inner/new"),
+        assert!(
+            same_file(&m[0].host_path, base.join("inner/new")),
             "resolved through the symlink"
         );
+        cleanup(&subpaths_dir(&tmp.path().join("volumes")))?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_component_swapped_for_a_symlink_is_not_followed() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let base = tmp.path().join("vol");
+        fs::create_dir_all(base.join("a/b"))?;
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&outside)?;
+        let (base_real, real) = resolve_sub_path(&base, "a/b", false)?;
+        assert!(open_no_follow(&base_real, &real).is_ok());
+        // Checked, then swapped (what a container racing the kubelet would do).
+        fs::rename(base.join("a"), tmp.path().join("a.old"))?;
+        symlink(&outside, base.join("a"))?;
+        fs::create_dir(outside.join("b"))?;
+        let err = open_no_follow(&base_real, &real).expect_err("symlink followed");
+        assert!(err.contains("/vol/a"), "{err}");
         Ok(())
     }
 
     #[test]
     fn sub_path_expr_expands_env() -> TestResult {
+        if !is_root() {
+            eprintln!("skipping sub_path_expr_expands_env: needs root to bind mount a subPath");
+            return Ok(());
+        }
         let tmp = tempfile::tempdir()?;
         let pod = pod_with(json!([{"name": "v", "emptyDir": {}}]), json!([]));
-        let vols = prepare(&pod, tmp.path(), &node())?;
+        let root = tmp.path().join("volumes");
+        let vols = prepare(&pod, &root, &node())?;
         let c = container(json!({"name": "app", "volumeMounts": [
             {"name": "v", "mountPath": "/m", "subPathExpr": "logs/$(POD_NAME)"}]}));
         let env = [v1::KeyValue {
@@ -1824,12 +1997,13 @@ mod tests {
             value: "web".into(),
         }];
         let m = mounts_for_env(&c, &vols, &env)?;
+        let v = vols.get("v").ok_or("no volume")?;
         assert!(
-            m[0].host_path
-                .ends_with("kubernetes.io~empty-dir/v/logs/web"),
+            same_file(&m[0].host_path, v.host_path.join("logs/web")),
             "{}",
             m[0].host_path
         );
+        cleanup(&subpaths_dir(&root))?;
         let evil = [v1::KeyValue {
             key: "POD_NAME".into(),
             value: "../../..".into(),
