@@ -96,7 +96,7 @@ pub fn compute(input: &StatusInput<'_>) -> PodStatus {
         .iter()
         .map(|c| builder.container(c, init_kind(c)))
         .collect();
-    let statuses: Vec<ContainerStatus> = regular
+    let mut statuses: Vec<ContainerStatus> = regular
         .iter()
         .map(|c| builder.container(c, ContainerKind::Regular))
         .collect();
@@ -165,6 +165,9 @@ pub fn compute(input: &StatusInput<'_>) -> PodStatus {
     if !init_statuses.is_empty() {
         status.init_container_statuses = Some(init_statuses);
     }
+    // Published with the regular containers by name and the init containers in their
+    // order, as upstream (conditions name containers in spec order, above).
+    statuses.sort_by(|a, b| a.name.cmp(&b.name));
     status.container_statuses = Some(statuses);
     status
 }
@@ -303,9 +306,10 @@ impl Builder<'_, '_> {
             }
         }
 
-        // A container that will be started again shows why it is not running yet.
+        // A container that will be started again shows why it is not running yet. An
+        // init container (sidecars too, as upstream) that exited 0 keeps showing that.
         let newest = instances.first().copied();
-        let init_done = kind == ContainerKind::Init
+        let init_done = kind != ContainerKind::Regular
             && newest.is_some_and(|n| {
                 n.state() == v1::ContainerState::ContainerExited && n.exit_code == 0
             });
@@ -1394,6 +1398,37 @@ mod tests {
             cond(&crashed, "PodScheduled").last_transition_time.as_ref(),
             Some(&before)
         );
+    }
+
+    #[test]
+    fn a_sidecar_that_exited_0_shows_terminated_while_it_waits() {
+        let pod = pod_with("Always", &["side"], &["web"]);
+        let obs = observed(vec![exited("side", 0, 0, 190), running("web", 0, 200)]);
+        let st = Env::new()
+            .waiting("side", "CrashLoopBackOff")
+            .compute(&pod, &obs, None);
+        let side = container(&st, "side");
+        let t = side.state.as_ref().and_then(|s| s.terminated.as_ref());
+        assert_eq!(t.map(|t| t.exit_code), Some(0), "{side:?}");
+        // A failed one shows why it is not running.
+        let obs = observed(vec![exited("side", 0, 1, 190), running("web", 0, 200)]);
+        let st = Env::new()
+            .waiting("side", "CrashLoopBackOff")
+            .compute(&pod, &obs, None);
+        let side = container(&st, "side");
+        let w = side.state.as_ref().and_then(|s| s.waiting.as_ref());
+        assert_eq!(w.and_then(|w| w.reason.as_deref()), Some("CrashLoopBackOff"));
+    }
+
+    #[test]
+    fn regular_container_statuses_are_sorted_by_name() {
+        let pod = pod_with("Always", &["z-init", "a-init"], &["web", "api", "log"]);
+        let st = Env::new().compute(&pod, &observed(vec![]), None);
+        let names = |l: &Option<Vec<ContainerStatus>>| -> Vec<String> {
+            l.iter().flatten().map(|c| c.name.clone()).collect()
+        };
+        assert_eq!(names(&st.container_statuses), ["api", "log", "web"]);
+        assert_eq!(names(&st.init_container_statuses), ["z-init", "a-init"], "spec order");
     }
 
     #[test]

@@ -1194,12 +1194,13 @@ fn split_subscript(path: &str) -> Option<(&str, &str)> {
 
 /// Labels or annotations as `key="value"` lines, sorted, values quoted as Go's `%q`.
 pub(crate) fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
-    let mut lines: Vec<String> = map
+    // In key order (the map's), as upstream FormatMap: not the formatted lines' order,
+    // which differs for keys where one is a prefix of the other ("a" and "a.b").
+    let lines: Vec<String> = map
         .into_iter()
         .flatten()
         .map(|(k, v)| format!("{k}={}", go_quote(v)))
         .collect();
-    lines.sort();
     lines.join("\n")
 }
 
@@ -2845,5 +2846,11 @@ mod tests {
             "a=\"q\\\"uote\\\\\"\nb=\"two\\nlines\""
         );
         assert_eq!(format_map(None), "");
+        // Key order: "a" before "a.b", though "a.b=" sorts before "a=" as text.
+        let prefix: BTreeMap<String, String> = [("a.b", "1"), ("a", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(format_map(Some(&prefix)), "a=\"2\"\na.b=\"1\"");
     }
 }
