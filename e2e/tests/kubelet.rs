@@ -643,7 +643,8 @@ spec:
     assert_ne!(code, 0, "the rest of the volume is not visible");
     // Its bind mount goes with the pod.
     node.remove_manifest("share.yaml")?;
-    node.wait_for(LIMIT, |pods| !has_uid(pods, &uid(&pod))).await?;
+    node.wait_for(LIMIT, |pods| !has_uid(pods, &uid(&pod)))
+        .await?;
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     assert!(
         !mounts.contains(&format!("{}/", uid(&pod))),

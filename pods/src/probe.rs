@@ -106,7 +106,8 @@ impl Runner for CriRunner {
             host_network: s.host_network,
         };
         if let Some(e) = &probe.exec {
-            handlers::exec(&t, e.command.as_deref().unwrap_or_default(), timeout).await
+            let command = expand_static(e.command.as_deref().unwrap_or_default(), &s.container);
+            handlers::exec(&t, &command, timeout).await
         } else if let Some(get) = &probe.http_get {
             handlers::http_get(&t, get, &s.container, timeout).await
         } else if let Some(tcp) = &probe.tcp_socket {
@@ -117,6 +118,23 @@ impl Runner for CriRunner {
             Outcome::Failure("probe has no handler".into())
         }
     }
+}
+
+/// `$(VAR)` in an exec probe's command, expanded against the container's `env` values as
+/// written (upstream ExpandContainerCommandOnlyStatic): a variable set from a field or
+/// resource is empty here, an undeclared one stays as written.
+pub fn expand_static(command: &[String], c: &k8s_openapi::api::core::v1::Container) -> Vec<String> {
+    let env = c.env.as_deref().unwrap_or_default();
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|e| e.name == name)
+            .map(|e| e.value.clone().unwrap_or_default())
+    };
+    command
+        .iter()
+        .map(|arg| crate::translate::expand(arg, lookup))
+        .collect()
 }
 
 /// A probe's timing fields with kubelet's defaults and minimums applied.
@@ -428,6 +446,26 @@ mod tests {
 
     use k8s_openapi::api::core::v1::ExecAction;
     use serde_json::json;
+
+    #[test]
+    fn exec_probe_commands_expand_static_env() {
+        let c: k8s_openapi::api::core::v1::Container = serde_json::from_value(json!({
+            "name": "c",
+            "env": [
+                {"name": "PORT", "value": "80"},
+                {"name": "PORT", "value": "8080"},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+            ]
+        }))
+        .expect("container");
+        let cmd: Vec<String> = ["check", "--port=$(PORT)", "$(IP)", "$(NOPE)", "$$(PORT)"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            super::expand_static(&cmd, &c),
+            ["check", "--port=8080", "", "$(NOPE)", "$(PORT)"]
+        );
+    }
 
     use super::*;
 

@@ -1417,7 +1417,10 @@ mod tests {
             .compute(&pod, &obs, None);
         let side = container(&st, "side");
         let w = side.state.as_ref().and_then(|s| s.waiting.as_ref());
-        assert_eq!(w.and_then(|w| w.reason.as_deref()), Some("CrashLoopBackOff"));
+        assert_eq!(
+            w.and_then(|w| w.reason.as_deref()),
+            Some("CrashLoopBackOff")
+        );
     }
 
     #[test]
@@ -1428,7 +1431,11 @@ mod tests {
             l.iter().flatten().map(|c| c.name.clone()).collect()
         };
         assert_eq!(names(&st.container_statuses), ["api", "log", "web"]);
-        assert_eq!(names(&st.init_container_statuses), ["z-init", "a-init"], "spec order");
+        assert_eq!(
+            names(&st.init_container_statuses),
+            ["z-init", "a-init"],
+            "spec order"
+        );
     }
 
     #[test]
