@@ -589,6 +589,7 @@ metadata:
   name: share
 spec:
   terminationGracePeriodSeconds: 2
+  hostAliases: [{ip: 127.0.0.1, hostnames: [foo.local, bar.local]}]
   containers:
   - name: writer
     image: IMAGE
@@ -635,6 +636,13 @@ spec:
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = exec(&mut c, &writer, &["cat", "/data/reply"]).await?;
     assert_eq!(out.trim(), "hello from reader");
+    // The kubelet's /etc/hosts: the pod's own name and the host aliases.
+    let (_, hosts, _) = exec(&mut c, &reader, &["cat", "/etc/hosts"]).await?;
+    assert!(
+        hosts.contains(&format!("{}\tshare", pod_ip(&pod))),
+        "{hosts}"
+    );
+    assert!(hosts.contains("127.0.0.1\tfoo.local\tbar.local"), "{hosts}");
     // A subPathExpr sees only its directory of the volume.
     let (_, out, _) = exec(&mut c, &writer, &["cat", "/data/dir-me/file"]).await?;
     assert_eq!(out.trim(), "in sub");
@@ -650,6 +658,8 @@ spec:
         !mounts.contains(&format!("{}/", uid(&pod))),
         "mounts of the pod left: {mounts}"
     );
+    let pod_dir = node.root_dir.join("pods").join(uid(&pod));
+    assert!(!pod_dir.exists(), "{} left", pod_dir.display());
     Ok(())
 }
 

@@ -764,6 +764,9 @@ async fn start_container(
         .map_err(|e| config_error(&e))?;
     let mut mounts =
         volumes::mounts_for_env(&container, vols, &env).map_err(|e| config_error(&e))?;
+    if let Some(m) = hosts_mount(inner, pod, sandbox, &mounts).map_err(|e| config_error(&e))? {
+        mounts.push(m);
+    }
     // Each instance gets its own empty termination message file.
     let message_path = translate::termination_message_path(&container);
     if !message_path.is_empty() && !mounts.iter().any(|m| m.container_path == message_path) {
@@ -839,6 +842,54 @@ async fn start_container(
         mem.post_start_done.insert(id);
     }
     Ok(())
+}
+
+/// The kubelet-managed `/etc/hosts` (`pods/<uid>/etc-hosts`), mounted into every
+/// container that does not mount its own, as upstream: the pod's name for its IPs and
+/// the `hostAliases`. None while the sandbox has no IP (the runtime's file stays).
+fn hosts_mount(
+    inner: &Inner,
+    pod: &Pod,
+    sandbox: &v1::PodSandboxStatus,
+    mounts: &[v1::Mount],
+) -> Result<Option<v1::Mount>, String> {
+    const ETC_HOSTS: &str = "/etc/hosts";
+    if mounts.iter().any(|m| m.container_path == ETC_HOSTS) {
+        return Ok(None);
+    }
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+    let ips: Vec<String> = sandbox
+        .network
+        .iter()
+        .flat_map(|n| {
+            std::iter::once(n.ip.clone()).chain(n.additional_ips.iter().map(|a| a.ip.clone()))
+        })
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    if ips.is_empty() && !host_network {
+        return Ok(None);
+    }
+    let node_hosts = if host_network {
+        std::fs::read(ETC_HOSTS).map_err(|e| format!("reading the node's {ETC_HOSTS}: {e}"))?
+    } else {
+        Vec::new()
+    };
+    let text =
+        translate::etc_hosts(pod, &inner.cfg.node, &ips, &node_hosts).map_err(|e| e.to_string())?;
+    let dir = pod_root(inner, &pod_uid(pod));
+    let file = dir.join("etc-hosts");
+    // Written in place when it changed (a new sandbox, a new IP): a bind mount follows
+    // the inode, so a rename would leave running containers on the old file.
+    if std::fs::read(&file).ok().as_deref() != Some(text.as_slice()) {
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&file, &text))
+            .map_err(|e| format!("writing {}: {e}", file.display()))?;
+    }
+    Ok(Some(v1::Mount {
+        container_path: ETC_HOSTS.to_string(),
+        host_path: file.display().to_string(),
+        ..Default::default()
+    }))
 }
 
 /// The image a container runs (its id and user, from ImageStatus), pulled per its pull
@@ -1133,7 +1184,16 @@ async fn terminate(
             tracing::warn!(path = %root.display(), err = %e, "removing termination message files")
         }
     }
-    let _ = std::fs::remove_dir(&root);
+    match std::fs::remove_file(root.join("etc-hosts")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(path = %root.display(), err = %e, "removing the pod's etc-hosts"),
+    }
+    if let Err(e) = std::fs::remove_dir(&root)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %root.display(), err = %e, "removing the pod's directory");
+    }
     Ok(())
 }
 

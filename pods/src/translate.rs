@@ -447,6 +447,30 @@ pub fn sandbox_config(
 /// The hostname a pod's UTS namespace gets: `spec.hostname` or the pod name cut to 63
 /// characters; with `setHostnameAsFQDN` and a subdomain, the FQDN (at most 64).
 fn pod_hostname(pod: &Pod, spec: &PodSpec, m: &Meta<'_>, node: &NodeInfo) -> Result<String> {
+    let hostname = short_hostname(pod, spec, m)?;
+    let subdomain = spec.subdomain.as_deref().unwrap_or_default();
+    if spec.set_hostname_as_fqdn == Some(true)
+        && !subdomain.is_empty()
+        && !node.cluster_domain.is_empty()
+    {
+        let fqdn = format!(
+            "{hostname}.{subdomain}.{}.svc.{}",
+            m.namespace, node.cluster_domain
+        );
+        if fqdn.len() > 64 {
+            return Err(invalid(
+                pod,
+                "spec.setHostnameAsFQDN",
+                format!("fqdn {fqdn:?} is longer than 64 characters"),
+            ));
+        }
+        return Ok(fqdn);
+    }
+    Ok(hostname)
+}
+
+/// `spec.hostname`, or the pod name cut to 63 characters.
+fn short_hostname(pod: &Pod, spec: &PodSpec, m: &Meta<'_>) -> Result<String> {
     let hostname = match spec.hostname.as_deref() {
         Some(h) if !h.is_empty() => {
             if !is_dns_label(h) {
@@ -467,25 +491,70 @@ fn pod_hostname(pod: &Pod, spec: &PodSpec, m: &Meta<'_>, node: &NodeInfo) -> Res
             h
         }
     };
-    let subdomain = spec.subdomain.as_deref().unwrap_or_default();
-    if spec.set_hostname_as_fqdn == Some(true)
-        && !subdomain.is_empty()
-        && !node.cluster_domain.is_empty()
-    {
-        let fqdn = format!(
-            "{hostname}.{subdomain}.{}.svc.{}",
-            m.namespace, node.cluster_domain
-        );
-        if fqdn.len() > 64 {
-            return Err(invalid(
-                pod,
-                "spec.setHostnameAsFQDN",
-                format!("fqdn {fqdn:?} is longer than 64 characters"),
-            ));
-        }
-        return Ok(fqdn);
-    }
     Ok(hostname)
+}
+
+/// The pod's `/etc/hosts` as the upstream kubelet writes it (and mounts into every
+/// container): on the pod network, localhost entries and the pod's own name for each of
+/// its IPs (`<ip> <host>.<subdomain>.<ns>.svc.<domain> <host>` with a subdomain); on the
+/// host network, the node's file. `hostAliases` are appended to both.
+pub fn etc_hosts(
+    pod: &Pod,
+    node: &NodeInfo,
+    pod_ips: &[String],
+    node_hosts: &[u8],
+) -> Result<Vec<u8>> {
+    let spec = spec(pod)?;
+    let m = meta(pod)?;
+    let mut out: Vec<u8> = Vec::new();
+    if spec.host_network == Some(true) {
+        out.extend_from_slice(b"# Kubernetes-managed hosts file (host network).\n");
+        out.extend_from_slice(node_hosts);
+        if !node_hosts.is_empty() && !node_hosts.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+    } else {
+        let host = short_hostname(pod, spec, &m)?;
+        let subdomain = spec.subdomain.as_deref().unwrap_or_default();
+        let mut text = String::from(
+            "# Kubernetes-managed hosts file.\n\
+             127.0.0.1\tlocalhost\n\
+             ::1\tlocalhost ip6-localhost ip6-loopback\n\
+             fe00::0\tip6-localnet\n\
+             fe00::0\tip6-mcastprefix\n\
+             fe00::1\tip6-allnodes\n\
+             fe00::2\tip6-allrouters\n",
+        );
+        for ip in pod_ips.iter().filter(|ip| !ip.is_empty()) {
+            if !subdomain.is_empty() && !node.cluster_domain.is_empty() {
+                let domain = format!("{subdomain}.{}.svc.{}", m.namespace, node.cluster_domain);
+                text.push_str(&format!("{ip}\t{host}.{domain}\t{host}\n"));
+            } else {
+                text.push_str(&format!("{ip}\t{host}\n"));
+            }
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+    let aliases = spec.host_aliases.as_deref().unwrap_or_default();
+    if !aliases.is_empty() {
+        let mut text = String::from("\n# Entries added by HostAliases.\n");
+        for (i, a) in aliases.iter().enumerate() {
+            let names = a.hostnames.as_deref().unwrap_or_default();
+            let bad = |why: &str| invalid(pod, format!("spec.hostAliases[{i}]"), why);
+            if a.ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(bad("ip must be an IP address"));
+            }
+            if names
+                .iter()
+                .any(|n| n.is_empty() || n.contains(char::is_whitespace))
+            {
+                return Err(bad("hostnames must be names without spaces"));
+            }
+            text.push_str(&format!("{}\t{}\n", a.ip, names.join("\t")));
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+    Ok(out)
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -2498,6 +2567,54 @@ mod tests {
                 v1::NamespaceMode::Node as i32
             )
         );
+        Ok(())
+    }
+
+    #[test]
+    fn etc_hosts_files() -> Result<()> {
+        let mut n = node();
+        n.cluster_domain = "cluster.local".into();
+        let ips = ["10.0.0.2".to_string(), "fd00::2".to_string()];
+        let hosts = |spec: serde_json::Value| -> Result<String> {
+            let pod = pod_with(spec);
+            Ok(String::from_utf8(etc_hosts(&pod, &n, &ips, b"1.2.3.4 node\n")?).expect("utf-8"))
+        };
+        let base = "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n\
+            ::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n\
+            fe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n";
+        let name = pod_with(json!({}))
+            .metadata
+            .name
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            hosts(json!({}))?,
+            format!("{base}10.0.0.2\t{name}\nfd00::2\t{name}\n")
+        );
+        assert_eq!(
+            hosts(json!({"hostname": "h", "subdomain": "s"}))?,
+            format!(
+                "{base}10.0.0.2\th.s.default.svc.cluster.local\th\nfd00::2\th.s.default.svc.cluster.local\th\n"
+            )
+        );
+        assert_eq!(
+            hosts(json!({"hostname": "h", "hostAliases": [
+                {"ip": "127.0.0.1", "hostnames": ["foo.local", "bar.local"]},
+                {"ip": "10.1.2.3", "hostnames": ["baz"]}]}))?,
+            format!(
+                "{base}10.0.0.2\th\nfd00::2\th\n\n# Entries added by HostAliases.\n\
+                 127.0.0.1\tfoo.local\tbar.local\n10.1.2.3\tbaz\n"
+            )
+        );
+        assert_eq!(
+            hosts(
+                json!({"hostNetwork": true, "hostAliases": [{"ip": "10.1.2.3", "hostnames": ["baz"]}]})
+            )?,
+            "# Kubernetes-managed hosts file (host network).\n1.2.3.4 node\n\n\
+             # Entries added by HostAliases.\n10.1.2.3\tbaz\n"
+        );
+        assert!(hosts(json!({"hostAliases": [{"ip": "nope", "hostnames": ["x"]}]})).is_err());
+        assert!(hosts(json!({"hostAliases": [{"ip": "1.2.3.4", "hostnames": ["a b"]}]})).is_err());
         Ok(())
     }
 
