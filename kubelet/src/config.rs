@@ -23,6 +23,7 @@ struct KubeletConfiguration {
     cluster_dns: Vec<String>,
     cluster_domain: Option<String>,
     seccomp_default: Option<bool>,
+    resolv_conf: Option<PathBuf>,
 }
 
 /// Everything the agent runs with.
@@ -76,6 +77,10 @@ impl Settings {
                 file.cluster_dns,
                 file.cluster_domain.unwrap_or_default(),
                 file.seccomp_default.unwrap_or(false),
+                crate::node::resolv_conf(
+                    args.resolv_conf.as_deref().or(file.resolv_conf.as_deref()),
+                )
+                .as_deref(),
             ),
         })
     }

@@ -24,6 +24,11 @@ pub struct Args {
     /// Directory of static pod manifests, or one manifest file.
     #[arg(long = "pod-manifest-path")]
     pod_manifest_path: Option<PathBuf>,
+    /// Resolver file for pods with dnsPolicy Default ("" for none); default
+    /// /etc/resolv.conf, or systemd-resolved's upstream list when that only names its
+    /// 127.0.0.53 stub. Also `resolvConf` in --config.
+    #[arg(long = "resolv-conf")]
+    resolv_conf: Option<PathBuf>,
     /// CRI endpoint of an external runtime (unix:///run/containerd/containerd.sock);
     /// empty: run our CRI server in-process.
     #[arg(long = "container-runtime-endpoint")]

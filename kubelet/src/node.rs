@@ -1,6 +1,6 @@
-//! Facts about this node: name, address, allocatable CPU and memory.
+//! Facts about this node: name, address, allocatable CPU and memory, the resolver file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use pods::translate::NodeInfo;
 
@@ -44,12 +44,54 @@ fn memory_bytes() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where systemd-resolved keeps the real upstream servers behind its 127.0.0.53 stub.
+const SYSTEMD_RESOLVED_UPSTREAM: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The resolver file pods with `dnsPolicy: Default` (and the search list of
+/// ClusterFirst) start from: `--resolv-conf`/`resolvConf` when given ("" for none), else
+/// /etc/resolv.conf; but when that only names loopback servers (systemd-resolved's
+/// 127.0.0.53 stub, which is unreachable from a pod's network namespace) and
+/// systemd-resolved's upstream list exists, that list, as k3s does.
+pub fn resolv_conf(explicit: Option<&Path>) -> Option<PathBuf> {
+    resolv_conf_in(
+        explicit,
+        Path::new("/etc/resolv.conf"),
+        Path::new(SYSTEMD_RESOLVED_UPSTREAM),
+    )
+}
+
+fn resolv_conf_in(explicit: Option<&Path>, default: &Path, resolved: &Path) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+    }
+    let only_loopback = |p: &Path| {
+        std::fs::read_to_string(p).is_ok_and(|t| {
+            let servers = pods::translate::parse_resolv_conf(&t).servers;
+            !servers.is_empty()
+                && servers.iter().all(|s| {
+                    s.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+                })
+        })
+    };
+    if only_loopback(default) && resolved.is_file() && !only_loopback(resolved) {
+        tracing::info!(
+            stub = %default.display(),
+            using = %resolved.display(),
+            "the node's resolv.conf only names a local stub resolver; pods get its upstream servers"
+        );
+        return Some(resolved.to_path_buf());
+    }
+    Some(default.to_path_buf())
+}
+
 pub fn info(
     node_name: &str,
     root_dir: &Path,
     cluster_dns: Vec<String>,
     cluster_domain: String,
     seccomp_default: bool,
+    resolv_conf: Option<&Path>,
 ) -> NodeInfo {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
     NodeInfo {
@@ -60,10 +102,45 @@ pub fn info(
         cgroup_root: "/kubepods".into(),
         cluster_dns,
         cluster_domain,
-        host_dns: std::fs::read_to_string("/etc/resolv.conf")
-            .ok()
-            .map(|t| pods::translate::parse_resolv_conf(&t)),
+        host_dns: resolv_conf.and_then(|p| match std::fs::read_to_string(p) {
+            Ok(t) => Some(pods::translate::parse_resolv_conf(&t)),
+            Err(e) => {
+                tracing::warn!(path = %p.display(), err = %e, "reading the resolver file for pods");
+                None
+            }
+        }),
         seccomp_profile_root: root_dir.join("seccomp").to_string_lossy().into_owned(),
         seccomp_default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolver_file_for_pods() -> std::io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let etc = tmp.path().join("resolv.conf");
+        let resolved = tmp.path().join("resolved.conf");
+        std::fs::write(&etc, "nameserver 127.0.0.53\noptions edns0\n")?;
+        // The stub without systemd-resolved's list: kept (nothing better to use).
+        assert_eq!(resolv_conf_in(None, &etc, &resolved), Some(etc.clone()));
+        std::fs::write(&resolved, "nameserver 192.0.2.53\nsearch lan\n")?;
+        assert_eq!(
+            resolv_conf_in(None, &etc, &resolved),
+            Some(resolved.clone())
+        );
+        // A real server in /etc/resolv.conf: used as is.
+        std::fs::write(&etc, "nameserver 127.0.0.53\nnameserver 192.0.2.1\n")?;
+        assert_eq!(resolv_conf_in(None, &etc, &resolved), Some(etc.clone()));
+        // Given explicitly: that file, or none.
+        let mine = tmp.path().join("mine.conf");
+        assert_eq!(
+            resolv_conf_in(Some(&mine), &etc, &resolved),
+            Some(mine.clone())
+        );
+        assert_eq!(resolv_conf_in(Some(Path::new("")), &etc, &resolved), None);
+        Ok(())
     }
 }

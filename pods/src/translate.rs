@@ -629,6 +629,8 @@ fn port_mappings(pod: &Pod, spec: &PodSpec) -> Result<Vec<v1::PortMapping>> {
 /// Search paths and their total length as the resolver libraries cap them.
 const MAX_DNS_SEARCH_PATHS: usize = 32;
 const MAX_DNS_SEARCH_CHARS: usize = 2048;
+/// glibc reads at most three nameservers (upstream MaxDNSNameservers).
+const MAX_DNS_NAMESERVERS: usize = 3;
 
 /// A resolv.conf as a `DNSConfig` (nameserver, search/domain, options lines).
 pub fn parse_resolv_conf(text: &str) -> v1::DnsConfig {
@@ -695,7 +697,11 @@ fn dns_config(pod: &Pod, node: &NodeInfo) -> Result<Option<v1::DnsConfig>> {
                 searches.push(format!("svc.{d}"));
                 searches.push(d.clone());
             }
-            searches.extend(host_searches);
+            for h in host_searches {
+                if !searches.contains(&h) {
+                    searches.push(h);
+                }
+            }
             Some(v1::DnsConfig {
                 servers: node.cluster_dns.clone(),
                 searches,
@@ -729,6 +735,14 @@ fn dns_config(pod: &Pod, node: &NodeInfo) -> Result<Option<v1::DnsConfig>> {
     }
     if let Some(c) = config.as_mut() {
         fit_search_limits(&mut c.searches);
+        if c.servers.len() > MAX_DNS_NAMESERVERS {
+            tracing::warn!(
+                pod = %pod_ref(pod),
+                dropped = ?&c.servers[MAX_DNS_NAMESERVERS..],
+                "more than {MAX_DNS_NAMESERVERS} nameservers: the resolver uses the first {MAX_DNS_NAMESERVERS}"
+            );
+            c.servers.truncate(MAX_DNS_NAMESERVERS);
+        }
     }
     Ok(config)
 }
@@ -2436,6 +2450,19 @@ mod tests {
         for (name, spec, n, want) in cases {
             assert_eq!(dns(spec, n)?, want, "{name}");
         }
+        // The node's search list repeating the cluster's: once; more than 3 servers: 3.
+        let mut repeats = cluster.clone();
+        repeats.host_dns = Some(v1::DnsConfig {
+            searches: vec!["cluster.local".into(), "lan".into()],
+            ..host.clone()
+        });
+        let cfg = dns(
+            json!({"dnsConfig": {"nameservers": ["1.1.1.1", "8.8.8.8", "9.9.9.9"]}}),
+            &repeats,
+        )?
+        .unwrap_or_default();
+        assert_eq!(cfg.searches, cluster_cfg.searches);
+        assert_eq!(cfg.servers, ["10.96.0.10", "1.1.1.1", "8.8.8.8"]);
         let err = dns(json!({"dnsPolicy": "None"}), &cluster).expect_err("None needs dnsConfig");
         assert!(err.to_string().contains("dnsConfig"), "{err}");
         assert!(dns(json!({"dnsPolicy": "Bogus"}), &cluster).is_err());
