@@ -1143,6 +1143,58 @@ async fn kill_pod(
     Ok(())
 }
 
+/// What a kill needs of a pod the agent no longer knows, from its CRI objects (upstream
+/// restoreSpecsFromContainerLabels): each container's preStop handler, the grace period,
+/// and whether it ran on the host network.
+fn restored_pod(observed: &Observed) -> Pod {
+    use k8s_openapi::api::core::v1::{Lifecycle, LifecycleHandler, PodSpec};
+    let mut containers: Vec<Container> = Vec::new();
+    let mut grace = None;
+    for c in &observed.containers {
+        let name = c
+            .labels
+            .get(LABEL_CONTAINER_NAME)
+            .cloned()
+            .unwrap_or_default();
+        if containers.iter().any(|x| x.name == name) {
+            continue;
+        }
+        grace = grace.or_else(|| {
+            c.annotations
+                .get(crate::ANNOTATION_TERMINATION_GRACE)
+                .and_then(|g| g.parse::<i64>().ok())
+        });
+        let pre_stop = c
+            .annotations
+            .get(crate::ANNOTATION_PRE_STOP_HANDLER)
+            .and_then(|j| serde_json::from_str::<LifecycleHandler>(j).ok());
+        containers.push(Container {
+            name,
+            lifecycle: pre_stop.map(|h| Lifecycle {
+                pre_stop: Some(h),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let host_network = observed.sandboxes.first().is_some_and(|s| {
+        s.linux
+            .as_ref()
+            .and_then(|l| l.namespaces.as_ref())
+            .and_then(|n| n.options.as_ref())
+            .is_some_and(|o| o.network == v1::NamespaceMode::Node as i32)
+    });
+    Pod {
+        spec: Some(PodSpec {
+            containers,
+            termination_grace_period_seconds: grace,
+            host_network: Some(host_network),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Terminates a pod that is no longer desired (or is being deleted): kill everything,
 /// publish its final status (a terminal phase, with the real exit codes), then remove
 /// its sandboxes and containers and clean its volumes.
@@ -1153,9 +1205,17 @@ async fn terminate(
     mem: &mut PodMemory,
 ) -> Result<(), SyncError> {
     let observed = inner.cri.observe(uid).await?;
-    let fallback = Pod::default();
     let known = pod.is_some();
-    let pod = pod.unwrap_or(&fallback);
+    // A pod left by an earlier run: its grace period and preStop hooks come back from
+    // what the containers were created with.
+    let restored;
+    let pod = match pod {
+        Some(p) => p,
+        None => {
+            restored = restored_pod(&observed);
+            &restored
+        }
+    };
     let observed = if observed.containers.is_empty() && observed.sandboxes.is_empty() {
         observed
     } else {
@@ -1204,6 +1264,66 @@ mod tests {
 
     fn pod(v: serde_json::Value) -> Pod {
         serde_json::from_value(v).expect("pod")
+    }
+
+    #[test]
+    fn an_orphan_is_killed_with_what_its_containers_were_created_with() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u1"},
+            "spec": {"terminationGracePeriodSeconds": 7, "containers": [
+                {"name": "app", "image": "i", "lifecycle": {"preStop": {"exec": {"command": ["drain"]}}}},
+                {"name": "log", "image": "i"}
+            ]}
+        }));
+        let node = translate::NodeInfo {
+            node_name: "n".into(),
+            host_ip: "192.0.2.1".into(),
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            cgroup_root: "/kubepods".into(),
+            cluster_dns: vec![],
+            cluster_domain: String::new(),
+            host_dns: None,
+            seccomp_profile_root: String::new(),
+            seccomp_default: false,
+        };
+        let containers = translate::containers(&p)
+            .into_iter()
+            .map(|(kind, c)| {
+                let cfg = translate::container_config(&p, c, kind, 0, "img", vec![], &node, "")
+                    .expect("config");
+                v1::ContainerStatus {
+                    id: c.name.clone(),
+                    labels: cfg.labels,
+                    annotations: cfg.annotations,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let restored = restored_pod(&Observed {
+            sandboxes: vec![],
+            containers,
+        });
+        let spec = restored.spec.as_ref().expect("spec");
+        assert_eq!(grace_seconds(&restored, None, None), 7);
+        let app = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "app")
+            .expect("app");
+        let hook = app.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+        assert_eq!(
+            hook.and_then(|h| h.exec.as_ref())
+                .and_then(|e| e.command.clone()),
+            Some(vec!["drain".to_string()])
+        );
+        let log = spec
+            .containers
+            .iter()
+            .find(|c| c.name == "log")
+            .expect("log");
+        assert!(log.lifecycle.is_none());
+        assert_eq!(spec.host_network, Some(false));
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
 pub const ANNOTATION_CONTAINER_HASH: &str = "io.kubernetes.container.hash";
 pub const ANNOTATION_RESTART_COUNT: &str = "io.kubernetes.container.restartCount";
 pub const ANNOTATION_TERMINATION_GRACE: &str = "io.kubernetes.pod.terminationGracePeriod";
+/// The container's preStop handler as JSON, so that a kill after an agent restart (the
+/// pod no longer known) still runs it (upstream's key).
+pub const ANNOTATION_PRE_STOP_HANDLER: &str = "io.kubernetes.container.preStopHandler";
 /// Where in the container its termination message is written (upstream's key).
 pub const ANNOTATION_TERMINATION_MESSAGE_PATH: &str =
     "io.kubernetes.container.terminationMessagePath";

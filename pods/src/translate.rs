@@ -18,9 +18,10 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use proto::v1;
 
 use crate::{
-    ANNOTATION_CONTAINER_HASH, ANNOTATION_RESTART_COUNT, ANNOTATION_TERMINATION_GRACE,
-    ANNOTATION_TERMINATION_MESSAGE_PATH, ANNOTATION_TERMINATION_MESSAGE_POLICY,
-    LABEL_CONTAINER_NAME, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
+    ANNOTATION_CONTAINER_HASH, ANNOTATION_PRE_STOP_HANDLER, ANNOTATION_RESTART_COUNT,
+    ANNOTATION_TERMINATION_GRACE, ANNOTATION_TERMINATION_MESSAGE_PATH,
+    ANNOTATION_TERMINATION_MESSAGE_POLICY, LABEL_CONTAINER_NAME, LABEL_POD_NAME,
+    LABEL_POD_NAMESPACE, LABEL_POD_UID,
 };
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -1632,6 +1633,11 @@ pub fn container_config(
             .unwrap_or(DEFAULT_GRACE_SECONDS)
             .to_string(),
     );
+    if let Some(pre_stop) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref())
+        && let Ok(json) = serde_json::to_string(pre_stop)
+    {
+        annotations.insert(ANNOTATION_PRE_STOP_HANDLER.to_string(), json);
+    }
     annotations.insert(
         ANNOTATION_TERMINATION_MESSAGE_PATH.to_string(),
         termination_message_path(c).to_string(),
