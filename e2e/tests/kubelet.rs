@@ -578,6 +578,45 @@ spec:
 }
 
 #[tokio::test]
+async fn removing_a_pod_gives_up_a_sync_in_flight() -> R {
+    let node = KubeletNode::start().await?;
+    // A postStart hook that would hold the sync for 10 minutes.
+    node.write_manifest(
+        "hook.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: hook
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sleep, "3600"]
+    lifecycle:
+      postStart:
+        exec: {command: [sleep, "600"]}
+"#,
+        ),
+    )?;
+    let pod = node.wait_pod("hook", LIMIT, |p| !uid(p).is_empty()).await?;
+    let mut c = node.runtime().await?;
+    let deadline = Instant::now() + LIMIT;
+    while containers_of(&mut c, &uid(&pod)).await?.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "the container was not created");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.remove_manifest("hook.yaml")?;
+    // Well before the hook would end: the pod is stopped and removed.
+    node.wait_for(LIMIT, |pods| !has_uid(pods, &uid(&pod)))
+        .await?;
+    assert!(containers_of(&mut c, &uid(&pod)).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_empty_dir_is_shared_between_two_containers() -> R {
     let node = KubeletNode::start().await?;
     node.write_manifest(

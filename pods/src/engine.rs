@@ -161,13 +161,16 @@ async fn events(inner: Arc<Inner>) {
         let mut rt = inner.cri.runtime.clone();
         match rt.get_container_events(v1::GetEventsRequest {}).await {
             Ok(stream) => {
-                retry = Duration::from_millis(200);
                 // Whatever happened while the stream was down is picked up by a relist.
                 wake_all(&inner);
                 let mut stream = stream.into_inner();
                 loop {
                     match stream.message().await {
                         Ok(Some(ev)) => {
+                            // Only a stream that delivers counts as working: one that
+                            // opens and closes at once keeps backing off, so it does not
+                            // cause a relist of every pod several times a second.
+                            retry = Duration::from_millis(200);
                             let uid = ev
                                 .pod_sandbox_status
                                 .as_ref()
@@ -191,9 +194,10 @@ async fn events(inner: Arc<Inner>) {
             }
             Err(e) => {
                 tracing::warn!(err = %e, retry_in = ?retry, "cannot open the container event stream");
+                // No events: relisting is all there is until the stream is back.
+                wake_all(&inner);
             }
         }
-        wake_all(&inner);
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(Duration::from_secs(10));
     }
@@ -268,19 +272,49 @@ async fn worker(
         if pod.is_some() {
             last.clone_from(&pod);
         }
+        // Set when the desired pod changed while a sync ran: sync again at once.
+        let mut updated = false;
         let requeue = match &pod {
-            Some(pod) => match sync(&inner, &uid, pod, &mut mem).await {
-                Ok(r) => {
-                    retry = RETRY_MIN;
-                    r
+            Some(pod) => {
+                // A sync in flight (an image pull, a long postStart hook) is given up
+                // when the pod is removed or deleted meanwhile, as upstream's pod
+                // workers cancel it: termination does not wait for it.
+                let stop = async {
+                    loop {
+                        if desired.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        updated = true;
+                        let next = desired.borrow();
+                        if next
+                            .as_ref()
+                            .is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                        {
+                            return;
+                        }
+                    }
+                };
+                let outcome = tokio::select! {
+                    r = sync(&inner, &uid, pod, &mut mem) => Some(r),
+                    () = stop => None,
+                };
+                match outcome {
+                    None => {
+                        tracing::info!(pod.uid = %uid, "pod sync given up: the pod is being removed");
+                        continue;
+                    }
+                    Some(Ok(r)) => {
+                        retry = RETRY_MIN;
+                        r
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(pod.uid = %uid, err = %e, ?retry, "pod sync failed; retrying");
+                        let r = retry;
+                        retry = (retry * 2).min(RETRY_MAX);
+                        Some(r)
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(pod.uid = %uid, err = %e, ?retry, "pod sync failed; retrying");
-                    let r = retry;
-                    retry = (retry * 2).min(RETRY_MAX);
-                    Some(r)
-                }
-            },
+            }
             None => match terminate(&inner, &uid, last.as_ref(), &mut mem).await {
                 Ok(()) => {
                     {
@@ -307,6 +341,9 @@ async fn worker(
                 }
             },
         };
+        if updated {
+            continue;
+        }
         let timer = async {
             match requeue {
                 Some(d) => tokio::time::sleep(d).await,
