@@ -212,6 +212,10 @@ fn wake_all(inner: &Inner) {
 /// Probe results → the probe state of the pod, and a sync of its worker.
 async fn probe_results(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<ProbeUpdate>) {
     while let Some(u) = rx.recv().await {
+        // A result still in flight when its pod went away is dropped, not kept forever.
+        if !lock(&inner.workers).contains_key(&u.pod_uid) {
+            continue;
+        }
         {
             let mut probes = lock(&inner.probes);
             let st = probes.entry(u.pod_uid.clone()).or_default();
@@ -325,8 +329,8 @@ async fn worker(
                         }
                         workers.remove(&uid);
                     }
-                    lock(&inner.probes).remove(&uid);
                     lock(&inner.prober).forget_pod(&uid);
+                    lock(&inner.probes).remove(&uid);
                     inner.views.send_modify(|v| {
                         v.remove(&uid);
                     });
@@ -493,7 +497,7 @@ async fn sync_once(
     // kill_pod has killed every container of the plan already.
     for k in plan.kill.iter().filter(|_| !plan.kill_pod) {
         tracing::info!(pod = %name, container = %k.name, reason = ?k.reason, "killing container");
-        let pod_ip = sandbox_ip(&observed);
+        let pod_ip = handler_ip(inner, pod, &observed);
         kill_container(
             inner,
             pod,
@@ -560,7 +564,7 @@ async fn sync_once(
             )
         })
         .collect();
-    let pod_ip = sandbox_ip(&observed);
+    let pod_ip = handler_ip(inner, pod, &observed);
     lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
     publish(inner, uid, pod, mem, &observed, false);
     collect_dead(inner, &name, &observed).await;
@@ -716,6 +720,16 @@ fn pod_uid(pod: &Pod) -> String {
 }
 
 /// The pod IP of the newest sandbox ("" before it has one, or on the host network).
+/// The address probes and hooks dial: the pod's IP, which for a host-network pod is the
+/// node's (its status.podIP, as upstream), not the loopback address.
+fn handler_ip(inner: &Inner, pod: &Pod, observed: &Observed) -> String {
+    let ip = sandbox_ip(observed);
+    if ip.is_empty() && plan::host_network(pod) {
+        return inner.cfg.node.host_ip.clone();
+    }
+    ip
+}
+
 fn sandbox_ip(observed: &Observed) -> String {
     observed
         .sandboxes
@@ -860,11 +874,16 @@ async fn start_container(
         .as_ref()
         .and_then(|l| l.post_start.clone())
     {
+        let host_network = spec.host_network.unwrap_or(false);
         let target = handlers::Target {
             cri: &inner.cri,
             container_id: &id,
-            pod_ip,
-            host_network: spec.host_network.unwrap_or(false),
+            pod_ip: if pod_ip.is_empty() && host_network {
+                &inner.cfg.node.host_ip
+            } else {
+                pod_ip
+            },
+            host_network,
         };
         if let handlers::Outcome::Failure(msg) =
             handlers::lifecycle(&target, &hook, &container, POST_START_BUDGET).await
@@ -1123,7 +1142,7 @@ async fn kill_pod(
     reasons: &HashMap<&str, plan::KillReason>,
 ) -> Result<(), SyncError> {
     let started = std::time::Instant::now();
-    let pod_ip = sandbox_ip(observed);
+    let pod_ip = handler_ip(inner, pod, observed);
     let spec = pod.spec.clone().unwrap_or_default();
     let sidecars: Vec<&str> = spec
         .init_containers
@@ -1241,6 +1260,9 @@ async fn terminate(
     pod: Option<&Pod>,
     mem: &mut PodMemory,
 ) -> Result<(), SyncError> {
+    // No probe runs against containers being stopped (a failing liveness probe must not
+    // restart anything now).
+    lock(&inner.prober).forget_pod(uid);
     let observed = inner.cri.observe(uid).await?;
     let known = pod.is_some();
     // A pod left by an earlier run: its grace period and preStop hooks come back from
