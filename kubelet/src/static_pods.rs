@@ -286,13 +286,33 @@ fn pod_of(doc: serde_json::Value, path: &Path, node_name: &str) -> Result<Pod, S
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".into());
-    // As upstream: the pod and the node make the UID, not the file it is in, so moving
-    // a manifest between files (or directories) keeps its pod running.
-    let mut hasher = sha2::Sha256::new();
-    hasher.update(node_name.as_bytes());
-    hasher.update([0]);
-    hasher.update(&canonical);
-    let uid = hex::encode(&hasher.finalize()[..16]);
+    // A UID the manifest gives is kept, as upstream. Else it is a hash of the pod and
+    // the node. Upstream also hashes the file's path; we do not, so renaming or moving
+    // a manifest keeps its pod running (two files with the same pod are reported as
+    // duplicates instead).
+    let uid = match pod.metadata.uid.clone().filter(|u| !u.is_empty()) {
+        Some(uid) => {
+            let safe = uid.len() <= 128
+                && uid != "."
+                && uid != ".."
+                && uid
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !safe {
+                return Err(format!(
+                    "pod {name}: metadata.uid {uid:?} must be letters, digits, '-', '_' or '.' (at most 128)"
+                ));
+            }
+            uid
+        }
+        None => {
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(node_name.as_bytes());
+            hasher.update([0]);
+            hasher.update(&canonical);
+            hex::encode(&hasher.finalize()[..16])
+        }
+    };
     pod.metadata.name = Some(pods::translate::static_pod_name(&name, node_name));
     pod.metadata.namespace = Some(namespace);
     pod.metadata.uid = Some(uid.clone());
@@ -515,6 +535,14 @@ mod tests {
         );
         let ann = p.metadata.annotations.clone().unwrap_or_default();
         assert_eq!(ann.get(ANNOTATION_SOURCE).map(String::as_str), Some("file"));
+        // A UID in the manifest is kept; one that cannot name a directory is refused.
+        let given = WEB.replace("  name: web\n", "  name: web\n  uid: 1234-abcd\n");
+        assert_eq!(parse(&given)?[0].metadata.uid.as_deref(), Some("1234-abcd"));
+        for bad in ["../x", "a/b", ".."] {
+            let text = WEB.replace("  name: web\n", &format!("  name: web\n  uid: {bad:?}\n"));
+            let err = parse(&text).expect_err(bad).to_string();
+            assert!(err.contains("metadata.uid"), "{err}");
+        }
         Ok(())
     }
 
