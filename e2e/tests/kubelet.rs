@@ -635,6 +635,7 @@ spec:
     imagePullPolicy: Never
     command: [sh, -c, "echo hello from writer > /data/msg; exec sleep 3600"]
     volumeMounts: [{name: scratch, mountPath: /data}]
+    resources: {limits: {memory: 64Mi}}
   - name: reader
     image: IMAGE
     imagePullPolicy: Never
@@ -675,6 +676,16 @@ spec:
     assert_eq!(code, 0, "{err}");
     let (_, out, _) = exec(&mut c, &writer, &["cat", "/data/reply"]).await?;
     assert_eq!(out.trim(), "hello from reader");
+    // No swap beyond the memory limit (where the node accounts swap: cgroup v1 memsw).
+    if std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+        let (_, memsw, _) = exec(
+            &mut c,
+            &writer,
+            &["cat", "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"],
+        )
+        .await?;
+        assert_eq!(memsw.trim(), (64u64 << 20).to_string());
+    }
     // The kubelet's /etc/hosts: the pod's own name and the host aliases.
     let (_, hosts, _) = exec(&mut c, &reader, &["cat", "/etc/hosts"]).await?;
     assert!(

@@ -85,6 +85,54 @@ fn resolv_conf_in(explicit: Option<&Path>, default: &Path, resolved: &Path) -> O
     Some(default.to_path_buf())
 }
 
+/// Whether the node runs the unified cgroup v2 hierarchy at /sys/fs/cgroup.
+fn cgroup_v2(root: &Path) -> bool {
+    root.join("cgroup.controllers").is_file()
+}
+
+/// How swap is kept from containers: by memory+swap on v1 when swap accounting is on,
+/// by memory.swap.max on v2.
+fn swap_control(root: &Path) -> pods::translate::SwapControl {
+    use pods::translate::SwapControl;
+    if cgroup_v2(root) {
+        SwapControl::V2
+    } else if root.join("memory/memory.memsw.limit_in_bytes").is_file() {
+        SwapControl::V1
+    } else {
+        SwapControl::Unavailable
+    }
+}
+
+/// The huge page sizes of the node (`/sys/kernel/mm/hugepages/hugepages-2048kB` → `2MB`),
+/// when the hugetlb controller can limit them (it is missing from some hybrid layouts).
+fn hugepage_sizes(cgroup_root: &Path, mm: &Path) -> Vec<String> {
+    let controller = if cgroup_v2(cgroup_root) {
+        std::fs::read_to_string(cgroup_root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|w| w == "hugetlb"))
+    } else {
+        cgroup_root.join("hugetlb").is_dir()
+    };
+    if !controller {
+        return Vec::new();
+    }
+    let mut sizes: Vec<(i128, String)> = std::fs::read_dir(mm)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let kib: i128 = name
+                .strip_prefix("hugepages-")?
+                .strip_suffix("kB")?
+                .parse()
+                .ok()?;
+            Some((kib, pods::translate::hugepage_size_name(kib * 1024)))
+        })
+        .collect();
+    sizes.sort();
+    sizes.into_iter().map(|(_, s)| s).collect()
+}
+
 pub fn info(
     node_name: &str,
     root_dir: &Path,
@@ -111,12 +159,44 @@ pub fn info(
         }),
         seccomp_profile_root: root_dir.join("seccomp").to_string_lossy().into_owned(),
         seccomp_default,
+        hugepage_sizes: hugepage_sizes(
+            Path::new("/sys/fs/cgroup"),
+            Path::new("/sys/kernel/mm/hugepages"),
+        ),
+        swap: swap_control(Path::new("/sys/fs/cgroup")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup_facts() -> std::io::Result<()> {
+        use pods::translate::SwapControl;
+        let tmp = tempfile::tempdir()?;
+        let (cg, mm) = (tmp.path().join("cgroup"), tmp.path().join("mm"));
+        std::fs::create_dir_all(cg.join("memory"))?;
+        for d in ["hugepages-2048kB", "hugepages-1048576kB"] {
+            std::fs::create_dir_all(mm.join(d))?;
+        }
+        // v1 without hugetlb or swap accounting.
+        assert_eq!(swap_control(&cg), SwapControl::Unavailable);
+        assert!(hugepage_sizes(&cg, &mm).is_empty());
+        std::fs::write(cg.join("memory/memory.memsw.limit_in_bytes"), "")?;
+        std::fs::create_dir(cg.join("hugetlb"))?;
+        assert_eq!(swap_control(&cg), SwapControl::V1);
+        assert_eq!(hugepage_sizes(&cg, &mm), ["2MB", "1GB"]);
+        // v2.
+        let v2 = tmp.path().join("v2");
+        std::fs::create_dir(&v2)?;
+        std::fs::write(v2.join("cgroup.controllers"), "cpu memory pids\n")?;
+        assert_eq!(swap_control(&v2), SwapControl::V2);
+        assert!(hugepage_sizes(&v2, &mm).is_empty());
+        std::fs::write(v2.join("cgroup.controllers"), "cpu memory hugetlb pids\n")?;
+        assert_eq!(hugepage_sizes(&v2, &mm), ["2MB", "1GB"]);
+        Ok(())
+    }
 
     #[test]
     fn resolver_file_for_pods() -> std::io::Result<()> {

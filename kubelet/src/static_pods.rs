@@ -765,6 +765,7 @@ mod tests {
             host_dns: None,
             seccomp_profile_root: "/var/lib/nodelet/kubelet/seccomp".into(),
             seccomp_default: false,
+            ..Default::default()
         };
         let mut count = 0;
         for dir in [root.join("example"), root.join("demo")] {

@@ -1345,6 +1345,7 @@ mod tests {
             host_dns: None,
             seccomp_profile_root: String::new(),
             seccomp_default: false,
+            ..Default::default()
         };
         let containers = translate::containers(&p)
             .into_iter()

@@ -67,6 +67,23 @@ pub struct NodeInfo {
     pub seccomp_profile_root: String,
     /// `--seccomp-default`: `RuntimeDefault` instead of `Unconfined` when a pod names none.
     pub seccomp_default: bool,
+    /// Huge page sizes the node has and can limit (`2MB`, `1GB`): a container gets 0 of
+    /// each size it does not request, as upstream.
+    pub hugepage_sizes: Vec<String>,
+    /// How containers are kept off swap (upstream's default NoSwap behaviour).
+    pub swap: SwapControl,
+}
+
+/// How the node's cgroups limit swap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SwapControl {
+    /// No swap accounting: nothing to set.
+    #[default]
+    Unavailable,
+    /// cgroup v1 with `memory.memsw.*`: memory+swap capped at the memory limit.
+    V1,
+    /// cgroup v2: `memory.swap.max` 0.
+    V2,
 }
 
 /// The three QoS tiers.
@@ -1226,6 +1243,24 @@ fn linux_resources(
         out.cpu_period = CPU_PERIOD;
         out.cpu_quota = milli_cpu_to_quota(cpu_limit);
     }
+    match node.swap {
+        SwapControl::Unavailable => {}
+        // No memory limit: the swap limit would be ignored anyway.
+        SwapControl::V1 if out.memory_limit_in_bytes > 0 => {
+            out.memory_swap_limit_in_bytes = out.memory_limit_in_bytes;
+        }
+        SwapControl::V1 => {}
+        SwapControl::V2 => {
+            out.unified.insert("memory.swap.max".into(), "0".into());
+        }
+    }
+    // Every size the node has at 0, then what the container asks for.
+    for size in &node.hugepage_sizes {
+        out.hugepage_limits.push(v1::HugepageLimit {
+            page_size: size.clone(),
+            limit: 0,
+        });
+    }
     for (name, v) in &r.limits {
         let Some(size) = name.strip_prefix("hugepages-") else {
             continue;
@@ -1238,16 +1273,24 @@ fn linux_resources(
                 "unknown page size",
             ));
         }
-        out.hugepage_limits.push(v1::HugepageLimit {
-            page_size: hugepage_size_name(bytes),
-            limit: u64::try_from(ceil_div(*v, NANO)).unwrap_or(0),
-        });
+        let page_size = hugepage_size_name(bytes);
+        let limit = u64::try_from(ceil_div(*v, NANO)).unwrap_or(0);
+        match out
+            .hugepage_limits
+            .iter_mut()
+            .find(|h| h.page_size == page_size)
+        {
+            Some(h) => h.limit = limit,
+            None => out
+                .hugepage_limits
+                .push(v1::HugepageLimit { page_size, limit }),
+        }
     }
     Ok(out)
 }
 
 /// `2097152` → `2MB`, the page-size spelling of the hugetlb cgroup files.
-fn hugepage_size_name(bytes: i128) -> String {
+pub fn hugepage_size_name(bytes: i128) -> String {
     let units = ["B", "KB", "MB", "GB", "TB", "PB"];
     let mut v = bytes;
     let mut i = 0;
@@ -2241,6 +2284,52 @@ mod tests {
                 limit: 4 << 20
             }]
         );
+        // A node with 2 MB and 1 GB pages: the size not asked for is 0. Swap: off.
+        let mut n = node();
+        n.hugepage_sizes = vec!["2MB".into(), "1GB".into()];
+        n.swap = SwapControl::V1;
+        let cfg = container_config(
+            &pod,
+            first(&pod),
+            ContainerKind::Regular,
+            0,
+            "img",
+            vec![],
+            &n,
+            "",
+        )?;
+        let l = cfg.linux.and_then(|l| l.resources).unwrap_or_default();
+        let pages: Vec<(String, u64)> = l
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect();
+        assert_eq!(
+            pages,
+            [("2MB".to_string(), 4 << 20), ("1GB".to_string(), 0)]
+        );
+        assert_eq!(
+            l.memory_swap_limit_in_bytes,
+            1 << 30,
+            "no swap beyond the memory limit"
+        );
+        n.swap = SwapControl::V2;
+        let cfg = container_config(
+            &pod,
+            first(&pod),
+            ContainerKind::Regular,
+            0,
+            "img",
+            vec![],
+            &n,
+            "",
+        )?;
+        let l = cfg.linux.and_then(|l| l.resources).unwrap_or_default();
+        assert_eq!(
+            l.unified.get("memory.swap.max").map(String::as_str),
+            Some("0")
+        );
+        assert_eq!(l.memory_swap_limit_in_bytes, 0);
         Ok(())
     }
 
