@@ -2288,17 +2288,20 @@ mod tests {
         let mut n = node();
         n.hugepage_sizes = vec!["2MB".into(), "1GB".into()];
         n.swap = SwapControl::V1;
-        let cfg = container_config(
-            &pod,
-            first(&pod),
-            ContainerKind::Regular,
-            0,
-            "img",
-            vec![],
-            &n,
-            "",
-        )?;
-        let l = cfg.linux.and_then(|l| l.resources).unwrap_or_default();
+        let resources_on = |n: &NodeInfo| -> Result<v1::LinuxContainerResources> {
+            let cfg = container_config(
+                &pod,
+                first(&pod),
+                ContainerKind::Regular,
+                0,
+                "img",
+                vec![],
+                n,
+                "",
+            )?;
+            Ok(cfg.linux.and_then(|l| l.resources).unwrap_or_default())
+        };
+        let l = resources_on(&n)?;
         let pages: Vec<(String, u64)> = l
             .hugepage_limits
             .iter()
@@ -2314,17 +2317,7 @@ mod tests {
             "no swap beyond the memory limit"
         );
         n.swap = SwapControl::V2;
-        let cfg = container_config(
-            &pod,
-            first(&pod),
-            ContainerKind::Regular,
-            0,
-            "img",
-            vec![],
-            &n,
-            "",
-        )?;
-        let l = cfg.linux.and_then(|l| l.resources).unwrap_or_default();
+        let l = resources_on(&n)?;
         assert_eq!(
             l.unified.get("memory.swap.max").map(String::as_str),
             Some("0")
