@@ -757,10 +757,14 @@ fn ready(
         .filter_map(|g| {
             let gate = &g.condition_type;
             match api_conditions.iter().find(|c| &c.type_ == gate) {
-                None => Some(format!("readiness gate {gate:?} has no condition")),
-                Some(c) if c.status != "True" => {
-                    Some(format!("readiness gate {gate:?} is {:?}", c.status))
-                }
+                // Upstream's wording (status/generate.go).
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate {gate:?} does not exist."
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate {gate:?} is not \"True\", but {}",
+                    c.status
+                )),
                 Some(_) => None,
             }
         })
@@ -1292,7 +1296,9 @@ mod tests {
                         "Ready",
                         "False",
                         Some("ReadinessGatesNotReady"),
-                        Some("readiness gate \"example.com/lb\" has no condition"),
+                        Some(
+                            "corresponding condition of pod readiness gate \"example.com/lb\" does not exist.",
+                        ),
                     ),
                     ("ContainersReady", "True", None, None),
                 ],
@@ -1308,7 +1314,9 @@ mod tests {
                         "Ready",
                         "False",
                         Some("ReadinessGatesNotReady"),
-                        Some("readiness gate \"example.com/lb\" is \"False\""),
+                        Some(
+                            "the status of pod readiness gate \"example.com/lb\" is not \"True\", but False",
+                        ),
                     ),
                     ("example.com/lb", "False", None, None),
                 ],
