@@ -1082,6 +1082,8 @@ pub fn apply_image_user(
     }
 }
 
+// The deprecated `apparmor_profile` string is still filled in for older runtimes.
+#[allow(deprecated)]
 fn container_security_context(
     pod: &Pod,
     spec: &PodSpec,
@@ -1091,6 +1093,21 @@ fn container_security_context(
 ) -> Result<v1::LinuxContainerSecurityContext> {
     let sc = effective_security_context(spec, c);
     let field = container_field(kind, c, "securityContext");
+    // As upstream apparmor.GetProfile: the container's field, then the legacy
+    // annotation (static pods still use it), then the pod's field.
+    let own = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.app_armor_profile.clone());
+    let profile = match own {
+        Some(p) => Some(p),
+        None => annotated_apparmor(pod, c)?.or_else(|| {
+            spec.security_context
+                .as_ref()
+                .and_then(|p| p.app_armor_profile.clone())
+        }),
+    };
+    let container_apparmor = apparmor(pod, &field, profile.as_ref())?;
     let privileged = sc.privileged.unwrap_or(false);
     if privileged && sc.allow_privilege_escalation == Some(false) {
         return Err(invalid(
@@ -1144,9 +1161,52 @@ fn container_security_context(
         masked_paths: Vec::new(),
         readonly_paths: Vec::new(),
         seccomp: Some(seccomp(pod, &field, sc.seccomp_profile.as_ref(), node)?),
-        apparmor: apparmor(pod, &field, sc.app_armor_profile.as_ref())?,
+        apparmor: container_apparmor.clone(),
+        // The deprecated string form, for runtimes that read only it.
+        apparmor_profile: container_apparmor
+            .as_ref()
+            .map(deprecated_apparmor_name)
+            .unwrap_or_default(),
         ..Default::default()
     })
+}
+
+/// The legacy `container.apparmor.security.beta.kubernetes.io/<container>` annotation
+/// (`runtime/default`, `localhost/<profile>`, `unconfined`).
+fn annotated_apparmor(pod: &Pod, c: &Container) -> Result<Option<AppArmorProfile>> {
+    let key = format!("container.apparmor.security.beta.kubernetes.io/{}", c.name);
+    let Some(value) = pod.metadata.annotations.as_ref().and_then(|a| a.get(&key)) else {
+        return Ok(None);
+    };
+    let (type_, localhost_profile) = match value.as_str() {
+        "runtime/default" => ("RuntimeDefault", None),
+        "unconfined" => ("Unconfined", None),
+        v => match v.strip_prefix("localhost/") {
+            Some(name) if !name.is_empty() => ("Localhost", Some(name.to_string())),
+            _ => {
+                return Err(invalid(
+                    pod,
+                    format!("metadata.annotations[{key:?}]"),
+                    format!(
+                        "unknown AppArmor profile {v:?}: runtime/default, localhost/<name> or unconfined"
+                    ),
+                ));
+            }
+        },
+    };
+    Ok(Some(AppArmorProfile {
+        type_: type_.into(),
+        localhost_profile,
+    }))
+}
+
+fn deprecated_apparmor_name(p: &v1::SecurityProfile) -> String {
+    use v1::security_profile::ProfileType;
+    match ProfileType::try_from(p.profile_type) {
+        Ok(ProfileType::RuntimeDefault) => "runtime/default".into(),
+        Ok(ProfileType::Localhost) => format!("localhost/{}", p.localhost_ref),
+        _ => "unconfined".into(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2971,6 +3031,67 @@ mod tests {
             (ProfileType::Localhost as i32, "pod-prof")
         );
         assert!(sc.masked_paths.is_empty() && sc.readonly_paths.is_empty());
+
+        // The legacy annotation, between the container's field and the pod's.
+        let annotated = |annotation: &str,
+                         pod_sc: Value,
+                         ctr_sc: Value|
+         -> Result<Option<v1::SecurityProfile>> {
+            let mut pod = pod_with(json!({"securityContext": pod_sc,
+                "containers": [{"name": "app", "image": "x", "securityContext": ctr_sc}]}));
+            pod.metadata.annotations.get_or_insert_default().insert(
+                "container.apparmor.security.beta.kubernetes.io/app".into(),
+                annotation.into(),
+            );
+            let cfg = container_config(
+                &pod,
+                first(&pod),
+                ContainerKind::Regular,
+                0,
+                "img",
+                vec![],
+                &node(),
+                "",
+            )?;
+            #[allow(deprecated)]
+            let sc = cfg
+                .linux
+                .and_then(|l| l.security_context)
+                .unwrap_or_default();
+            #[allow(deprecated)]
+            let legacy = sc.apparmor_profile.clone();
+            if let Some(p) = &sc.apparmor {
+                assert_eq!(legacy, deprecated_apparmor_name(p));
+            }
+            Ok(sc.apparmor)
+        };
+        let pod_level = json!({"appArmorProfile": {"type": "RuntimeDefault"}});
+        let local = annotated("localhost/mine", pod_level.clone(), json!({}))?.unwrap_or_default();
+        assert_eq!(
+            (local.profile_type, local.localhost_ref.as_str()),
+            (ProfileType::Localhost as i32, "mine"),
+            "the annotation over the pod's field"
+        );
+        let own = annotated(
+            "localhost/mine",
+            json!({}),
+            json!({"appArmorProfile": {"type": "Unconfined"}}),
+        )?;
+        assert_eq!(
+            own.map(|p| p.profile_type),
+            Some(ProfileType::Unconfined as i32)
+        );
+        let rd = annotated("runtime/default", json!({}), json!({}))?;
+        assert_eq!(
+            rd.map(|p| p.profile_type),
+            Some(ProfileType::RuntimeDefault as i32)
+        );
+        let err = annotated("bogus", json!({}), json!({})).expect_err("bad annotation");
+        assert!(
+            err.to_string()
+                .contains("container.apparmor.security.beta.kubernetes.io/app"),
+            "{err}"
+        );
 
         let sc = container_sc(json!({}))?;
         assert_eq!(
