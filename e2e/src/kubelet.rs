@@ -122,8 +122,40 @@ pub struct KubeletNode {
     pub log: PathBuf,
     /// `127.0.0.1:<read-only port>`.
     pub addr: String,
+    /// `--cgroup-root`, of this node's own: its pod cgroups are `<root>/kubepods/…`, and
+    /// no two test kubelets sweep each other's.
+    pub cgroup_root: String,
     args: Vec<std::ffi::OsString>,
     dir: tempfile::TempDir,
+}
+
+static NEXT_NODE: AtomicU32 = AtomicU32::new(0);
+
+/// Where the host's hierarchies hold `rel` (a cgroup path without the leading `/`):
+/// the one unified directory on cgroup v2, one per controller on v1.
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.join(rel)];
+    }
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path().join(rel))
+        .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Removes a cgroup and everything below it, leaves first (cgroupfs only rmdirs).
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// A loopback port nobody listens on now.
@@ -190,7 +222,14 @@ impl KubeletNode {
             ),
         )?;
         let port = free_port()?;
+        let cgroup_root = format!(
+            "/nodelet-e2e-{}-{}",
+            std::process::id(),
+            NEXT_NODE.fetch_add(1, Ordering::Relaxed)
+        );
         let mut args: Vec<std::ffi::OsString> = vec![
+            "--cgroup-root".into(),
+            cgroup_root.clone().into(),
             "--config".into(),
             config.into_os_string(),
             "--pod-manifest-path".into(),
@@ -212,6 +251,7 @@ impl KubeletNode {
             pod_logs,
             log: dir.path().join("kubelet.log"),
             addr: format!("127.0.0.1:{port}"),
+            cgroup_root,
             args,
             dir,
         };
@@ -458,6 +498,9 @@ impl Drop for KubeletNode {
             }
         }
         unmount_under(self.dir.path());
+        for dir in cgroup_dirs(self.cgroup_root.trim_start_matches('/')) {
+            remove_cgroup_tree(&dir);
+        }
     }
 }
 

@@ -241,19 +241,20 @@ spec:
 "#,
         ),
     )?;
-    // Each restart shows the attempt before it as lastState: collect their start times.
-    let mut starts: std::collections::BTreeMap<i32, String> = Default::default();
+    // Dead attempts show as lastState: collect their start times by container id (a
+    // poll may miss an attempt that lived only milliseconds; the delays grow anyway).
+    let mut starts: std::collections::BTreeMap<String, String> = Default::default();
     let pod = node
         .wait_pod("crash", Duration::from_secs(120), |p| {
             let rc = restart_count(p, "app");
             if let Some(t) = container(p, "app")
                 .and_then(|c| c.last_state.clone())
                 .and_then(|s| s.terminated)
-                .and_then(|t| t.started_at)
+                && let (Some(id), Some(at)) = (t.container_id, t.started_at)
             {
-                starts.entry(rc - 1).or_insert_with(|| t.0.to_string());
+                starts.entry(id).or_insert_with(|| at.0.to_string());
             }
-            rc >= 3 && waiting_reason(p, "app") == "CrashLoopBackOff"
+            rc >= 3 && starts.len() >= 3 && waiting_reason(p, "app") == "CrashLoopBackOff"
         })
         .await?;
     assert_eq!(
@@ -269,17 +270,14 @@ spec:
     assert_eq!(last, Some(1), "lastState says how it ended");
 
     // As upstream: the first restart is at once, then the delays grow (10 s, 20 s, …).
-    let secs: Vec<i64> = starts
+    let mut secs: Vec<i64> = starts
         .values()
         .filter_map(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
         .map(|t| t.as_second())
         .collect();
+    secs.sort();
     println!("attempt start times (s): {secs:?}");
-    assert!(
-        secs.len() >= 3,
-        "saw the starts of attempts {:?}",
-        starts.keys()
-    );
+    assert!(secs.len() >= 3, "saw the starts of attempts {starts:?}");
     let gaps: Vec<i64> = secs.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps[1] > gaps[0], "delays between starts grow: {gaps:?} s");
 
@@ -850,5 +848,121 @@ spec:
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pod = node.wait_ready("probed", LIMIT).await?;
     assert_eq!(restart_count(&pod, "web"), 0);
+    Ok(())
+}
+
+/// A one-container pod whose container declares `resources` (a YAML flow mapping).
+fn with_resources(name: &str, resources: &str) -> String {
+    format!(
+        "{}    resources: {resources}\n",
+        one_container(name, "exec sleep 3600")
+    )
+}
+
+/// The value of a cgroup file of `rel` in the hierarchy of `controller` (v1) or the
+/// unified one (v2, where `v2_file` names it).
+fn cgroup_value(rel: &str, controller: &str, v1_file: &str, v2_file: &str) -> R<String> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let path = if root.join("cgroup.controllers").exists() {
+        root.join(rel).join(v2_file)
+    } else {
+        root.join(controller).join(rel).join(v1_file)
+    };
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| path.display().to_string())?
+        .trim()
+        .to_string())
+}
+
+/// Whether any cgroup at or below `dir` holds a process.
+fn holds_processes(dir: &std::path::Path) -> bool {
+    let here = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    !here.trim().is_empty()
+        || std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.file_type().is_ok_and(|t| t.is_dir()) && holds_processes(&e.path()))
+}
+
+#[tokio::test]
+async fn pods_get_qos_cgroups_with_their_limits_until_they_are_removed() -> R {
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "g.yaml",
+        &with_resources("guaranteed", "{limits: {cpu: 250m, memory: 32Mi}}"),
+    )?;
+    node.write_manifest(
+        "b.yaml",
+        &with_resources("burstable", "{requests: {cpu: 100m}}"),
+    )?;
+    node.write_manifest("e.yaml", &one_container("besteffort", "exec sleep 3600"))?;
+    let g = node.wait_ready("guaranteed", LIMIT).await?;
+    let b = node.wait_ready("burstable", LIMIT).await?;
+    let e = node.wait_ready("besteffort", LIMIT).await?;
+    let pods = format!("{}/kubepods", node.cgroup_root.trim_start_matches('/'));
+    let of = |tier: &str, pod: &Pod| format!("{pods}{tier}/pod{}", uid(pod));
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+
+    // The Guaranteed pod's own cgroup carries its limits, and its containers run in it.
+    let gpath = of("", &g);
+    if v2 {
+        assert_eq!(cgroup_value(&gpath, "", "", "cpu.max")?, "25000 100000");
+    } else {
+        assert_eq!(
+            cgroup_value(&gpath, "cpu", "cpu.cfs_quota_us", "")?,
+            "25000"
+        );
+    }
+    assert_eq!(
+        cgroup_value(&gpath, "memory", "memory.limit_in_bytes", "memory.max")?,
+        (32u64 << 20).to_string()
+    );
+    for path in e2e::kubelet::cgroup_dirs(&gpath) {
+        if path.starts_with("/sys/fs/cgroup/memory") || v2 {
+            assert!(
+                holds_processes(&path),
+                "no process under {}",
+                path.display()
+            );
+        }
+    }
+    // The tiers: BestEffort at the least cpu weight, Burstable sized by its pods.
+    let (least, burstable) = if v2 { ("1", "4") } else { ("2", "102") };
+    assert_eq!(
+        cgroup_value(
+            &format!("{pods}/besteffort"),
+            "cpu",
+            "cpu.shares",
+            "cpu.weight"
+        )?,
+        least
+    );
+    assert_eq!(
+        cgroup_value(
+            &format!("{pods}/burstable"),
+            "cpu",
+            "cpu.shares",
+            "cpu.weight"
+        )?,
+        burstable
+    );
+    for (tier, pod) in [("/burstable", &b), ("/besteffort", &e)] {
+        assert!(
+            !e2e::kubelet::cgroup_dirs(&of(tier, pod)).is_empty(),
+            "{} has no cgroup in its tier",
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+    }
+
+    // Removed pods take their cgroups along, from every hierarchy.
+    for file in ["g.yaml", "b.yaml", "e.yaml"] {
+        node.remove_manifest(file)?;
+    }
+    node.wait_for(LIMIT, |pods| pods.is_empty()).await?;
+    for (tier, pod) in [("", &g), ("/burstable", &b), ("/besteffort", &e)] {
+        let left = e2e::kubelet::cgroup_dirs(&of(tier, pod));
+        assert!(left.is_empty(), "pod cgroups left: {left:?}");
+    }
     Ok(())
 }

@@ -24,6 +24,10 @@ struct KubeletConfiguration {
     cluster_domain: Option<String>,
     seccomp_default: Option<bool>,
     resolv_conf: Option<PathBuf>,
+    cgroup_root: Option<String>,
+    #[serde(rename = "cgroupsPerQOS")]
+    cgroups_per_qos: Option<bool>,
+    cgroup_driver: Option<String>,
 }
 
 /// Everything the agent runs with.
@@ -57,6 +61,46 @@ impl Settings {
             .clone()
             .or(file.container_runtime_endpoint)
             .filter(|e| !e.is_empty());
+        let driver = args
+            .cgroup_driver
+            .clone()
+            .or(file.cgroup_driver)
+            .unwrap_or_else(|| "cgroupfs".into());
+        if driver != "cgroupfs" {
+            anyhow::bail!(
+                "cgroup driver {driver:?} is not supported: only cgroupfs (set cgroupDriver / --cgroup-driver to cgroupfs)"
+            );
+        }
+        let cgroup_root = args
+            .cgroup_root
+            .clone()
+            .or(file.cgroup_root)
+            .unwrap_or_default();
+        if !cgroup_root.is_empty() && !cgroup_root.starts_with('/') {
+            anyhow::bail!("cgroup root {cgroup_root:?} must be an absolute cgroup path, like /");
+        }
+        let per_qos = args
+            .cgroups_per_qos
+            .or(file.cgroups_per_qos)
+            .unwrap_or(true);
+        let mut node = crate::node::info(
+            &node_name,
+            &args.root_dir,
+            file.cluster_dns,
+            file.cluster_domain.unwrap_or_default(),
+            file.seccomp_default.unwrap_or(false),
+            crate::node::resolv_conf(args.resolv_conf.as_deref().or(file.resolv_conf.as_deref()))
+                .as_deref(),
+        );
+        let root = cgroup_root.trim_end_matches('/');
+        node.cgroup_root = if per_qos {
+            format!("{root}/kubepods")
+        } else if root.is_empty() {
+            "/".into()
+        } else {
+            root.into()
+        };
+        node.no_qos_cgroups = !per_qos;
         Ok(Self {
             static_pod_path: args.pod_manifest_path.clone().or(file.static_pod_path),
             runtime_endpoint,
@@ -71,17 +115,7 @@ impl Settings {
             cri_config: args.cri_config.clone(),
             cri_socket: args.cri_socket.clone(),
             image_preload_dir: args.image_preload_dir.clone(),
-            node: crate::node::info(
-                &node_name,
-                &args.root_dir,
-                file.cluster_dns,
-                file.cluster_domain.unwrap_or_default(),
-                file.seccomp_default.unwrap_or(false),
-                crate::node::resolv_conf(
-                    args.resolv_conf.as_deref().or(file.resolv_conf.as_deref()),
-                )
-                .as_deref(),
-            ),
+            node,
         })
     }
 }
@@ -121,6 +155,51 @@ mod tests {
         assert_eq!(cfg.cluster_dns, vec!["10.96.0.10"]);
         std::fs::write(&path, "kind: Pod\n")?;
         assert!(read_config(&path).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn cgroup_settings() -> anyhow::Result<()> {
+        use clap::Parser as _;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("config.yaml");
+        let load = |yaml: &str, flags: &[&str]| -> anyhow::Result<Settings> {
+            std::fs::write(&path, yaml)?;
+            let mut argv = vec![
+                "kubelet",
+                "--config",
+                path.to_str().expect("a UTF-8 temp path"),
+            ];
+            argv.extend_from_slice(flags);
+            Settings::load(&crate::Args::parse_from(argv))
+        };
+        let node = load("kind: KubeletConfiguration\n", &[])?.node;
+        assert_eq!(
+            (node.cgroup_root.as_str(), node.no_qos_cgroups),
+            ("/kubepods", false)
+        );
+        let node = load("cgroupRoot: /edge/\n", &[])?.node;
+        assert_eq!(node.cgroup_root, "/edge/kubepods");
+        let node = load("cgroupRoot: /edge\ncgroupsPerQOS: false\n", &[])?.node;
+        assert_eq!(
+            (node.cgroup_root.as_str(), node.no_qos_cgroups),
+            ("/edge", true)
+        );
+        let node = load("cgroupsPerQOS: false\n", &["--cgroups-per-qos"])?.node;
+        assert!(!node.no_qos_cgroups, "the flag wins");
+        let node = load("{}\n", &["--cgroups-per-qos=false", "--cgroup-root", "/x"])?.node;
+        assert_eq!(
+            (node.cgroup_root.as_str(), node.no_qos_cgroups),
+            ("/x", true)
+        );
+        let err = load("cgroupDriver: systemd\n", &[])
+            .expect_err("systemd is refused")
+            .to_string();
+        assert!(err.contains("systemd") && err.contains("cgroupfs"), "{err}");
+        let err = load("cgroupRoot: kubepods\n", &[])
+            .expect_err("a relative root is refused")
+            .to_string();
+        assert!(err.contains("absolute"), "{err}");
         Ok(())
     }
 }

@@ -54,6 +54,17 @@ pub struct Args {
     /// In-process CRI server: its socket (others, like crictl, may use it too).
     #[arg(long = "cri-socket")]
     cri_socket: Option<PathBuf>,
+    /// Cgroup under which the node's pod cgroups live (`<root>/kubepods`); default /.
+    /// Also `cgroupRoot` in --config.
+    #[arg(long = "cgroup-root")]
+    cgroup_root: Option<String>,
+    /// QoS tier and pod cgroups (the default); `--cgroups-per-qos=false` puts every
+    /// container straight under --cgroup-root. Also `cgroupsPerQOS` in --config.
+    #[arg(long = "cgroups-per-qos", num_args = 0..=1, default_missing_value = "true")]
+    cgroups_per_qos: Option<bool>,
+    /// Only `cgroupfs` is supported. Also `cgroupDriver` in --config.
+    #[arg(long = "cgroup-driver")]
+    cgroup_driver: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,6 +128,17 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
         .with_context(|| format!("asking the runtime at {endpoint} for its version"))?
         .into_inner();
     tracing::info!(%endpoint, runtime = %version.runtime_name, runtime_version = %version.runtime_version, node = %cfg.node.node_name, "connected to the container runtime");
+    check_cgroup_driver(&client, &endpoint).await?;
+    let cgroups =
+        (!cfg.node.no_qos_cgroups).then(|| pods::cgroups::PodCgroups::new(&cfg.node.cgroup_root));
+    if let Some(cg) = &cgroups {
+        cg.ensure_node(&cfg.node).with_context(|| {
+            format!(
+                "creating the node's pod cgroups under {} (--cgroups-per-qos=false runs without them)",
+                cfg.node.cgroup_root
+            )
+        })?;
+    }
 
     let engine = pods::engine::Engine::start(
         client,
@@ -125,6 +147,7 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
             root_dir: cfg.root_dir.clone(),
             log_root: cfg.pod_logs_dir.clone(),
             runtime_name: version.runtime_name.clone(),
+            cgroups,
         },
     );
     if cfg.read_only_port != 0 {
@@ -174,6 +197,32 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down; pods keep running");
+    Ok(())
+}
+
+/// The runtime must lay cgroups out as we name them: cgroupfs paths. Runtimes that do
+/// not answer `RuntimeConfig` (before CRI 1.28) are taken to use cgroupfs, as upstream.
+async fn check_cgroup_driver(client: &pods::cri::Cri, endpoint: &str) -> anyhow::Result<()> {
+    use proto::v1::CgroupDriver;
+    let answer = client
+        .runtime
+        .clone()
+        .runtime_config(proto::v1::RuntimeConfigRequest {})
+        .await;
+    let driver = match answer {
+        Ok(r) => r.into_inner().linux.map(|l| l.cgroup_driver),
+        Err(s) if s.code() == tonic::Code::Unimplemented => None,
+        Err(s) => {
+            return Err(anyhow::anyhow!("RuntimeConfig: {}", s.message())).with_context(|| {
+                format!("asking the runtime at {endpoint} for its cgroup driver")
+            });
+        }
+    };
+    if driver == Some(CgroupDriver::Systemd as i32) {
+        anyhow::bail!(
+            "the runtime at {endpoint} uses the systemd cgroup driver; this kubelet names cgroups for cgroupfs only: configure the runtime for cgroupfs (containerd: SystemdCgroup = false)"
+        );
+    }
     Ok(())
 }
 

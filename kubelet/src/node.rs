@@ -164,6 +164,7 @@ pub fn info(
             Path::new("/sys/kernel/mm/hugepages"),
         ),
         swap: swap_control(Path::new("/sys/fs/cgroup")),
+        no_qos_cgroups: false,
     }
 }
 

@@ -20,6 +20,7 @@ use proto::v1;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::BackoffPolicy;
+use crate::cgroups::PodCgroups;
 use crate::cri::Cri;
 use crate::probe::{Kind, ProbeUpdate, Prober};
 use crate::translate::{self, ContainerKind, NodeInfo};
@@ -35,6 +36,9 @@ pub struct EngineConfig {
     pub log_root: PathBuf,
     /// Prefix of container ids in the status (`containerd://…`).
     pub runtime_name: String,
+    /// The pod cgroups the engine creates and removes (`None`: `--cgroups-per-qos=false`,
+    /// the runtime alone makes cgroups).
+    pub cgroups: Option<PodCgroups>,
 }
 
 /// A pod as the engine last saw it, with its computed status.
@@ -119,12 +123,34 @@ impl Engine {
                 w.desired.send_if_modified(|cur| cur.take().is_some());
             }
         }
+        // Before any new pod's cgroup is made: the Burstable tier sized for its pods.
+        if let Some(cg) = &self.inner.cfg.cgroups
+            && let Err(e) = cg.set_burstable_shares(desired.values())
+        {
+            tracing::warn!(err = %e, "sizing the Burstable QoS cgroup");
+        }
     }
 
     /// Adopts pods the runtime still runs from an earlier life of the agent: those not
     /// in `desired` are terminated by a worker of their own.
     pub async fn adopt_orphans(&self, desired: &BTreeMap<String, Pod>) -> crate::cri::Result<()> {
         let running = self.inner.cri.observe_all().await?;
+        // Pod cgroups of pods neither desired nor in the runtime any more (the others
+        // go with their pod's termination).
+        if let Some(cg) = self.inner.cfg.cgroups.clone() {
+            let stale: Vec<String> = cg
+                .pod_uids()
+                .into_iter()
+                .filter(|u| !desired.contains_key(u) && !running.contains_key(u))
+                .collect();
+            for uid in stale {
+                let cg = cg.clone();
+                let removed = tokio::task::spawn_blocking(move || cg.remove_pod(&uid)).await;
+                if let Ok(Err(e)) = removed {
+                    tracing::warn!(err = %e, "removing the cgroup of a pod that is gone");
+                }
+            }
+        }
         let mut workers = lock(&self.inner.workers);
         for uid in running.keys() {
             if desired.contains_key(uid) || workers.contains_key(uid) {
@@ -376,6 +402,8 @@ pub enum SyncError {
     #[error(transparent)]
     Translate(#[from] translate::Error),
     #[error(transparent)]
+    Cgroups(#[from] crate::cgroups::Error),
+    #[error(transparent)]
     Volumes(#[from] volumes::Error),
 }
 
@@ -475,6 +503,10 @@ async fn sync_once(
         // Volumes exist before any container of the new sandbox needs them.
         volumes::prepare(pod, &pod_dir(inner, uid), &inner.cfg.node)?;
         let config = translate::sandbox_config(pod, &inner.cfg.node, attempt, &inner.cfg.log_root)?;
+        // The pod's cgroup, with the pod's limits, is the sandbox's parent.
+        if let Some(cg) = &inner.cfg.cgroups {
+            cg.ensure_pod(pod, &inner.cfg.node)?;
+        }
         let handler = pod
             .spec
             .as_ref()
@@ -1291,6 +1323,12 @@ async fn terminate(
         })
         .await
         .map_err(rpc("RemovePodSandbox", uid))?;
+    }
+    if let Some(cg) = inner.cfg.cgroups.clone() {
+        let uid = uid.to_string();
+        tokio::task::spawn_blocking(move || cg.remove_pod(&uid))
+            .await
+            .unwrap_or(Ok(()))?;
     }
     let root = pod_root(inner, uid);
     // The subPath bind mounts pin inodes of the volumes: they go first.

@@ -10,6 +10,7 @@
 //! output reads the same and state survives an agent restart.
 
 pub mod backoff;
+pub mod cgroups;
 pub mod cri;
 pub mod engine;
 pub mod handlers;

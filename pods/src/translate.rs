@@ -72,6 +72,9 @@ pub struct NodeInfo {
     pub hugepage_sizes: Vec<String>,
     /// How containers are kept off swap (upstream's default NoSwap behaviour).
     pub swap: SwapControl,
+    /// `--cgroups-per-qos=false`: pods sit directly in `cgroup_root`, with no QoS tier
+    /// or pod cgroup of their own.
+    pub no_qos_cgroups: bool,
 }
 
 /// How the node's cgroups limit swap.
@@ -376,15 +379,160 @@ pub fn qos_class(pod: &Pod) -> QosClass {
 }
 
 /// The pod's cgroup (cgroupfs driver): `<root>/pod<uid>` for Guaranteed,
-/// `<root>/burstable/pod<uid>`, `<root>/besteffort/pod<uid>`.
+/// `<root>/burstable/pod<uid>`, `<root>/besteffort/pod<uid>`; the root itself when the
+/// node keeps no per-QoS cgroups (`--cgroups-per-qos=false`).
 pub fn pod_cgroup_parent(pod: &Pod, node: &NodeInfo) -> String {
     let root = node.cgroup_root.trim_end_matches('/');
+    if node.no_qos_cgroups {
+        return if root.is_empty() {
+            "/".into()
+        } else {
+            root.into()
+        };
+    }
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
     match qos_class(pod) {
         QosClass::Guaranteed => format!("{root}/pod{uid}"),
         QosClass::Burstable => format!("{root}/burstable/pod{uid}"),
         QosClass::BestEffort => format!("{root}/besteffort/pod{uid}"),
     }
+}
+
+/// The limits of a pod's own cgroup, as the upstream kubelet's `ResourceConfigForPod`
+/// computes them from the pod's effective requests and limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodResources {
+    pub cpu_shares: u64,
+    /// CFS quota per [`PodResources::CPU_PERIOD`] µs: Guaranteed pods, and Burstable pods
+    /// whose every container limits cpu.
+    pub cpu_quota: Option<i64>,
+    /// Guaranteed pods, and Burstable pods whose every container limits memory.
+    pub memory_limit: Option<i64>,
+    /// Page size (`2MB`) → bytes: what the pod requests, 0 for every other size the node has.
+    pub hugepage_limits: BTreeMap<String, i64>,
+}
+
+impl PodResources {
+    pub const CPU_PERIOD: u64 = CPU_PERIOD as u64;
+}
+
+/// A pod's effective requests or limits by resource name, as upstream `PodRequests` /
+/// `PodLimits`: the larger of the long-running containers' sum (regular containers and
+/// sidecars) and the peak of any init container (with the sidecars started before it),
+/// plus the pod overhead (added to a limit only where one is set).
+fn effective_resources(
+    pod: &Pod,
+    pick: impl Fn(&Resources) -> &BTreeMap<String, i128>,
+    overhead_on_unset: bool,
+) -> Result<BTreeMap<String, i128>> {
+    let add = |into: &mut BTreeMap<String, i128>, from: &BTreeMap<String, i128>| {
+        for (k, v) in from {
+            *into.entry(k.clone()).or_default() += v;
+        }
+    };
+    let max = |into: &mut BTreeMap<String, i128>, from: &BTreeMap<String, i128>| {
+        for (k, v) in from {
+            let e = into.entry(k.clone()).or_default();
+            *e = (*e).max(*v);
+        }
+    };
+    let mut sum = BTreeMap::new();
+    let mut sidecars = BTreeMap::new();
+    let mut init_peak = BTreeMap::new();
+    for (kind, c) in containers(pod) {
+        let r = Resources::of(pod, &container_path(kind, c), c)?;
+        let own = pick(&r);
+        match kind {
+            ContainerKind::Regular => add(&mut sum, own),
+            ContainerKind::Sidecar => {
+                add(&mut sum, own);
+                add(&mut sidecars, own);
+                max(&mut init_peak, &sidecars);
+            }
+            ContainerKind::Init => {
+                let mut with = own.clone();
+                add(&mut with, &sidecars);
+                max(&mut init_peak, &with);
+            }
+        }
+    }
+    max(&mut sum, &init_peak);
+    let overhead = pod.spec.as_ref().and_then(|s| s.overhead.as_ref());
+    for (name, q) in overhead.into_iter().flatten() {
+        let v = parse_quantity(&q.0).filter(|v| *v >= 0).ok_or_else(|| {
+            invalid(
+                pod,
+                format!("spec.overhead.{name}"),
+                format!("invalid quantity {:?}", q.0),
+            )
+        })?;
+        if overhead_on_unset || sum.contains_key(name) {
+            *sum.entry(name.clone()).or_default() += v;
+        }
+    }
+    Ok(sum)
+}
+
+/// The pod's effective cpu request in millicores (what its QoS tier is sized by); 0 when
+/// a quantity does not parse ([`sandbox_config`] reports it).
+pub fn pod_cpu_request_millis(pod: &Pod) -> i64 {
+    let requests = effective_resources(pod, |r| &r.requests, true).unwrap_or_default();
+    saturate(ceil_div(
+        requests.get("cpu").copied().unwrap_or(0),
+        MILLI_NANO,
+    ))
+}
+
+/// The pod cgroup's limits (see [`PodResources`]); `node` gives the huge page sizes.
+pub fn pod_resources(pod: &Pod, node: &NodeInfo) -> Result<PodResources> {
+    let requests = effective_resources(pod, |r| &r.requests, true)?;
+    let limits = effective_resources(pod, |r| &r.limits, false)?;
+    let (mut cpu_limited, mut memory_limited) = (true, true);
+    for (kind, c) in containers(pod) {
+        let r = Resources::of(pod, &container_path(kind, c), c)?;
+        cpu_limited &= r.limit("cpu") > 0;
+        memory_limited &= r.limit("memory") > 0;
+    }
+    let to_milli = |n: i128| saturate(ceil_div(n, MILLI_NANO));
+    let get = |m: &BTreeMap<String, i128>, k: &str| m.get(k).copied().unwrap_or(0);
+    let cpu_shares = milli_cpu_to_shares(to_milli(get(&requests, "cpu"))) as u64;
+    let cpu_quota = Some(milli_cpu_to_quota(to_milli(get(&limits, "cpu"))));
+    let memory_limit = Some(saturate(ceil_div(get(&limits, "memory"), NANO)));
+    let mut out = PodResources {
+        cpu_shares,
+        ..Default::default()
+    };
+    match qos_class(pod) {
+        QosClass::Guaranteed => {
+            out.cpu_quota = cpu_quota;
+            out.memory_limit = memory_limit;
+        }
+        QosClass::Burstable => {
+            out.cpu_quota = cpu_quota.filter(|_| cpu_limited);
+            out.memory_limit = memory_limit.filter(|_| memory_limited);
+        }
+        QosClass::BestEffort => out.cpu_shares = MIN_SHARES as u64,
+    }
+    for size in &node.hugepage_sizes {
+        out.hugepage_limits.insert(size.clone(), 0);
+    }
+    for (name, v) in &requests {
+        match hugepage_resource(name) {
+            None => {}
+            Some(Ok(page_size)) => {
+                out.hugepage_limits
+                    .insert(page_size, saturate(ceil_div(*v, NANO)));
+            }
+            Some(Err(())) => {
+                return Err(invalid(
+                    pod,
+                    format!("spec.containers[*].resources.{name}"),
+                    "unknown page size",
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1322,18 +1470,17 @@ fn linux_resources(
         });
     }
     for (name, v) in &r.limits {
-        let Some(size) = name.strip_prefix("hugepages-") else {
-            continue;
+        let page_size = match hugepage_resource(name) {
+            None => continue,
+            Some(Ok(page_size)) => page_size,
+            Some(Err(())) => {
+                return Err(invalid(
+                    pod,
+                    container_field(kind, c, &format!("resources.limits.{name}")),
+                    "unknown page size",
+                ));
+            }
         };
-        let bytes = parse_quantity(size).map(|n| ceil_div(n, NANO)).unwrap_or(0);
-        if bytes <= 0 {
-            return Err(invalid(
-                pod,
-                container_field(kind, c, &format!("resources.limits.{name}")),
-                "unknown page size",
-            ));
-        }
-        let page_size = hugepage_size_name(bytes);
         let limit = u64::try_from(ceil_div(*v, NANO)).unwrap_or(0);
         match out
             .hugepage_limits
@@ -1347,6 +1494,18 @@ fn linux_resources(
         }
     }
     Ok(out)
+}
+
+/// `hugepages-2Mi` → its page size as the cgroup files spell it (`2MB`); `None` for other
+/// resources, `Err` for a size that is no quantity.
+fn hugepage_resource(name: &str) -> Option<std::result::Result<String, ()>> {
+    let size = name.strip_prefix("hugepages-")?;
+    let bytes = parse_quantity(size).map(|n| ceil_div(n, NANO)).unwrap_or(0);
+    Some(if bytes > 0 {
+        Ok(hugepage_size_name(bytes))
+    } else {
+        Err(())
+    })
 }
 
 /// `2097152` → `2MB`, the page-size spelling of the hugetlb cgroup files.
@@ -2047,6 +2206,105 @@ mod tests {
             pod_cgroup_parent(&pod_with(json!({})), &n),
             "/nodelet/besteffort/podu1"
         );
+        n.no_qos_cgroups = true;
+        assert_eq!(pod_cgroup_parent(&pod_with(json!({})), &n), "/nodelet");
+    }
+
+    #[test]
+    fn pod_cgroup_limits() {
+        let ctr = |name: &str, r: Value| json!({"name": name, "image": "x", "resources": r});
+        let sidecar = |name: &str, r: Value| json!({"name": name, "image": "x", "restartPolicy": "Always", "resources": r});
+        let no_hugepages = NodeInfo {
+            hugepage_sizes: vec![],
+            ..node()
+        };
+        let want = |shares: u64, quota: Option<i64>, memory: Option<i64>| PodResources {
+            cpu_shares: shares,
+            cpu_quota: quota,
+            memory_limit: memory,
+            hugepage_limits: BTreeMap::new(),
+        };
+        let cases = vec![
+            (
+                "best effort",
+                json!({"containers": [ctr("a", json!({}))]}),
+                want(2, None, None),
+            ),
+            (
+                "guaranteed sums its containers",
+                json!({"containers": [
+                    ctr("a", resources(&[], &[("cpu", "500m"), ("memory", "64Mi")])),
+                    ctr("b", resources(&[], &[("cpu", "250m"), ("memory", "32Mi")])),
+                ]}),
+                want(768, Some(75_000), Some(96 << 20)),
+            ),
+            (
+                "burstable without every limit gets shares only",
+                json!({"containers": [
+                    ctr("a", resources(&[("cpu", "100m")], &[("cpu", "1"), ("memory", "1Gi")])),
+                    ctr("b", resources(&[("memory", "1Mi")], &[])),
+                ]}),
+                want(102, None, None),
+            ),
+            (
+                "burstable with every limit is capped",
+                json!({"containers": [
+                    ctr("a", resources(&[("cpu", "100m")], &[("cpu", "1"), ("memory", "1Gi")])),
+                ]}),
+                want(102, Some(100_000), Some(1 << 30)),
+            ),
+            (
+                "an init container's peak wins over the sum",
+                json!({
+                    "initContainers": [ctr("i", resources(&[], &[("cpu", "2"), ("memory", "2Gi")]))],
+                    "containers": [ctr("a", resources(&[], &[("cpu", "1"), ("memory", "1Gi")]))],
+                }),
+                want(2048, Some(200_000), Some(2 << 30)),
+            ),
+            (
+                "sidecars add to the sum and to later init containers",
+                json!({
+                    "initContainers": [
+                        sidecar("s", resources(&[], &[("cpu", "1"), ("memory", "1Gi")])),
+                        ctr("i", resources(&[], &[("cpu", "1500m"), ("memory", "1Gi")])),
+                    ],
+                    "containers": [ctr("a", resources(&[], &[("cpu", "1"), ("memory", "1Gi")]))],
+                }),
+                want(2560, Some(250_000), Some(2 << 30)),
+            ),
+            (
+                "overhead adds to requests, and to limits that are set",
+                json!({
+                    "overhead": {"cpu": "250m", "memory": "10Mi"},
+                    "containers": [ctr("a", resources(&[("memory", "1Mi")], &[("cpu", "1")]))],
+                }),
+                // cpu: 1 (the request defaults to the limit) + 250m, limited; memory unlimited.
+                want(1280, Some(125_000), None),
+            ),
+        ];
+        for (name, spec, want) in cases {
+            let got = pod_resources(&pod_with(spec), &no_hugepages).expect(name);
+            assert_eq!(got, want, "{name}");
+        }
+
+        let huge = NodeInfo {
+            hugepage_sizes: vec!["2MB".into(), "1GB".into()],
+            ..node()
+        };
+        let pod = pod_with(json!({"containers": [ctr(
+            "a",
+            resources(&[], &[("cpu", "1"), ("memory", "1Gi"), ("hugepages-2Mi", "4Mi")]),
+        )]}));
+        let got = pod_resources(&pod, &huge).expect("valid").hugepage_limits;
+        let want: BTreeMap<String, i64> = [("2MB".into(), 4 << 20), ("1GB".into(), 0)].into();
+        assert_eq!(got, want, "requested sizes get their limit, the others 0");
+
+        let bad =
+            pod_with(json!({"overhead": {"cpu": "lots"}, "containers": [ctr("a", json!({}))]}));
+        let err = pod_resources(&bad, &huge)
+            .expect_err("bad overhead")
+            .to_string();
+        assert!(err.contains("spec.overhead.cpu"), "{err}");
     }
 
     #[test]

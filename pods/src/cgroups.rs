@@ -1,0 +1,433 @@
+//! The node's pod cgroups (cgroupfs driver), laid out and sized as the upstream kubelet
+//! does, so that a pod's containers are bounded together whatever the runtime:
+//!
+//! ```text
+//! <root>                       node allocatable: cpu shares and memory of the node
+//! <root>/pod<uid>              a Guaranteed pod
+//! <root>/burstable             shares = the Burstable pods' summed cpu requests
+//! <root>/burstable/pod<uid>
+//! <root>/besteffort            the least shares (2)
+//! <root>/besteffort/pod<uid>
+//! ```
+//!
+//! A pod cgroup is created with the pod's limits ([`translate::pod_resources`]) before
+//! its sandbox, and removed once the pod is terminated and its sandboxes are gone: the
+//! runtime only makes and removes the container cgroups below it. Directories and files
+//! are handled through `cgroups-rs` (v1 hierarchies found from mountinfo, cpuset copied
+//! from the parent, v2 controllers enabled down the path).
+
+use cgroups_rs::cgroup::Cgroup;
+use cgroups_rs::hierarchies;
+use cgroups_rs::{CgroupPid, HugePageResource, Resources};
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::translate::{self, NodeInfo, QosClass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cgroup {path}: {what}: {source}")]
+    Cgroup {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: cgroups_rs::error::Error,
+    },
+    #[error(transparent)]
+    Translate(#[from] translate::Error),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// The node's pod cgroups under one root (`NodeInfo::cgroup_root`, e.g. `/kubepods`).
+#[derive(Debug, Clone)]
+pub struct PodCgroups {
+    /// Relative to the hierarchy's root: `kubepods`.
+    root: String,
+}
+
+const TIERS: [&str; 2] = ["burstable", "besteffort"];
+const MIN_SHARES: u64 = 2;
+
+impl PodCgroups {
+    pub fn new(cgroup_root: &str) -> Self {
+        Self {
+            root: cgroup_root.trim_matches('/').to_string(),
+        }
+    }
+
+    fn path(&self, rest: &str) -> String {
+        match (self.root.is_empty(), rest.is_empty()) {
+            (_, true) => self.root.clone(),
+            (true, false) => rest.to_string(),
+            (false, false) => format!("{}/{rest}", self.root),
+        }
+    }
+
+    /// Creates the node cgroup (cpu shares of the node's cpus, memory limited to what
+    /// the node has) and the Burstable and BestEffort tiers under it.
+    pub fn ensure_node(&self, node: &NodeInfo) -> Result<()> {
+        let mut res = Resources::default();
+        res.cpu.shares = Some(shares_for(milli_to_shares(node.cpu_millis)));
+        if node.memory_bytes > 0 {
+            res.memory.memory_hard_limit = Some(node.memory_bytes);
+        }
+        create(&self.path(""), &res)?;
+        create(&self.path("burstable"), &Resources::default())?;
+        let mut least = Resources::default();
+        least.cpu.shares = Some(shares_for(MIN_SHARES));
+        create(&self.path("besteffort"), &least)?;
+        Ok(())
+    }
+
+    /// The Burstable tier's cpu shares: the summed cpu requests of the Burstable pods, so
+    /// that the tier competes with Guaranteed pods for what its pods asked for.
+    pub fn set_burstable_shares<'a>(&self, pods: impl IntoIterator<Item = &'a Pod>) -> Result<()> {
+        let mut milli = 0i64;
+        for pod in pods {
+            if translate::qos_class(pod) == QosClass::Burstable {
+                milli = milli.saturating_add(translate::pod_cpu_request_millis(pod));
+            }
+        }
+        let mut res = Resources::default();
+        res.cpu.shares = Some(shares_for(milli_to_shares(milli)));
+        apply(&self.path("burstable"), &res)
+    }
+
+    /// The cgroup of a pod, created or updated with the pod's limits.
+    pub fn ensure_pod(&self, pod: &Pod, node: &NodeInfo) -> Result<()> {
+        let want = translate::pod_resources(pod, node)?;
+        let path = translate::pod_cgroup_parent(pod, node);
+        let mut res = Resources::default();
+        res.cpu.shares = Some(shares_for(want.cpu_shares));
+        if let Some(quota) = want.cpu_quota {
+            res.cpu.period = Some(translate::PodResources::CPU_PERIOD);
+            res.cpu.quota = Some(quota);
+        }
+        res.memory.memory_hard_limit = want.memory_limit;
+        res.hugepages.limits = want
+            .hugepage_limits
+            .iter()
+            .map(|(size, limit)| HugePageResource {
+                size: size.clone(),
+                limit: u64::try_from(*limit).unwrap_or(0),
+            })
+            .collect();
+        create(path.trim_start_matches('/'), &res)
+    }
+
+    /// The UIDs that have a pod cgroup here (in whichever tier).
+    pub fn pod_uids(&self) -> Vec<String> {
+        let hier = hierarchies::auto();
+        let mut out = Vec::new();
+        for tier in ["", TIERS[0], TIERS[1]] {
+            let dir = hier.root().join(self.path(tier));
+            // v1: the memory hierarchy has every pod cgroup the node made.
+            let dir = if hier.v2() {
+                dir
+            } else {
+                hier.root().join("memory").join(self.path(tier))
+            };
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if let Some(uid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("pod"))
+                    && entry.path().is_dir()
+                {
+                    out.push(uid.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes the pod's cgroup wherever it is, killing what still runs in it (nothing
+    /// should, once its sandboxes are removed). Blocks briefly while the kernel lets go
+    /// of killed processes; call from a blocking context.
+    pub fn remove_pod(&self, uid: &str) -> Result<()> {
+        for tier in ["", TIERS[0], TIERS[1]] {
+            let path = self.path(&format!("{}pod{uid}", tier_prefix(tier)));
+            let cg = Cgroup::load(hierarchies::auto(), path.as_str());
+            if !cg.exists() {
+                continue;
+            }
+            let procs = all_procs(&cg);
+            if !procs.is_empty() {
+                tracing::warn!(cgroup = %path, count = procs.len(), "killing processes left in a removed pod's cgroup");
+                for pid in procs {
+                    let pid = nix::unistd::Pid::from_raw(pid.pid as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                }
+            }
+            let hier = hierarchies::auto();
+            if cg.v2() {
+                remove_children_v2(&hier.root().join(&path));
+            }
+            cg.delete().map_err(|source| Error::Cgroup {
+                path: path.clone(),
+                what: "removing",
+                source,
+            })?;
+            // A hybrid host (v1 controllers, a cgroup2 mount with none): the runtime
+            // made the pod's directory there too, for process tracking.
+            let unified = hier.root().join("unified").join(&path);
+            if !cg.v2() && unified.is_dir() {
+                remove_children_v2(&unified);
+                if let Err(e) = std::fs::remove_dir(&unified) {
+                    tracing::warn!(cgroup = %unified.display(), err = %e, "removing a pod cgroup");
+                }
+            }
+            tracing::info!(pod.uid = %uid, cgroup = %path, "pod cgroup removed");
+        }
+        Ok(())
+    }
+}
+
+fn tier_prefix(tier: &str) -> String {
+    if tier.is_empty() {
+        String::new()
+    } else {
+        format!("{tier}/")
+    }
+}
+
+/// Every process in the cgroup and below it (container cgroups the runtime left).
+fn all_procs(cg: &Cgroup) -> Vec<CgroupPid> {
+    let hier = hierarchies::auto();
+    let mut out = cg.procs();
+    let base = if hier.v2() {
+        hier.root().join(cg.path())
+    } else {
+        hier.root().join("pids").join(cg.path())
+    };
+    let mut stack = vec![base];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                if let Ok(text) = std::fs::read_to_string(p.join("cgroup.procs")) {
+                    out.extend(
+                        text.lines()
+                            .filter_map(|l| l.trim().parse::<u64>().ok())
+                            .map(CgroupPid::from),
+                    );
+                }
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// cgroup2 removes one directory at a time: the leaves first.
+fn remove_children_v2(dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            remove_children_v2(&p);
+            if let Err(e) = std::fs::remove_dir(&p) {
+                tracing::warn!(cgroup = %p.display(), err = %e, "removing a child of a pod cgroup");
+            }
+        }
+    }
+}
+
+fn create(path: &str, res: &Resources) -> Result<()> {
+    let cg = Cgroup::new(hierarchies::auto(), path).map_err(|source| Error::Cgroup {
+        path: path.to_string(),
+        what: "creating",
+        source,
+    })?;
+    cg.apply(res).map_err(|source| Error::Cgroup {
+        path: path.to_string(),
+        what: "setting limits",
+        source,
+    })
+}
+
+fn apply(path: &str, res: &Resources) -> Result<()> {
+    let cg = Cgroup::load(hierarchies::auto(), path);
+    cg.apply(res).map_err(|source| Error::Cgroup {
+        path: path.to_string(),
+        what: "setting limits",
+        source,
+    })
+}
+
+fn milli_to_shares(milli: i64) -> u64 {
+    if milli <= 0 {
+        return MIN_SHARES;
+    }
+    (u64::try_from(milli)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(1024)
+        / 1000)
+        .clamp(MIN_SHARES, 262_144)
+}
+
+/// cpu shares as the hierarchy spells them: `cpu.shares` on v1, `cpu.weight` (1–10000)
+/// on v2 by the conversion runc and the kubelet use.
+fn shares_for(shares: u64) -> u64 {
+    if hierarchies::is_cgroup2_unified_mode() {
+        shares_to_weight(shares)
+    } else {
+        shares
+    }
+}
+
+fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 0;
+    }
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the host's real cgroup hierarchy, under a root of the test's own; skipped
+    /// (with the reason) where cgroups cannot be written.
+    #[test]
+    fn pod_cgroups_on_the_host() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to write cgroups");
+            return;
+        }
+        let v2 = hierarchies::is_cgroup2_unified_mode();
+        let root = format!("pods-test-{}/kubepods", std::process::id());
+        let cgroups = PodCgroups::new(&format!("/{root}"));
+        let node = NodeInfo {
+            cgroup_root: format!("/{root}"),
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            ..Default::default()
+        };
+        let pod = |uid: &str, resources: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p", "uid": uid},
+                "spec": {"containers": [{"name": "a", "image": "x", "resources": resources}]},
+            }))
+            .expect("a pod")
+        };
+        let guaranteed = pod(
+            "g1",
+            serde_json::json!({"limits": {"cpu": "500m", "memory": "64Mi"}}),
+        );
+        let burstable = pod("b1", serde_json::json!({"requests": {"cpu": "250m"}}));
+        let file = |controller: &str, rel: &str, name: &str| {
+            let base = hierarchies::auto().root();
+            let dir = if v2 {
+                base.join(rel)
+            } else {
+                base.join(controller).join(rel)
+            };
+            std::fs::read_to_string(dir.join(name)).map(|s| s.trim().to_string())
+        };
+        let check = || -> std::result::Result<(), String> {
+            cgroups.ensure_node(&node).map_err(|e| e.to_string())?;
+            cgroups
+                .ensure_pod(&guaranteed, &node)
+                .map_err(|e| e.to_string())?;
+            cgroups
+                .ensure_pod(&burstable, &node)
+                .map_err(|e| e.to_string())?;
+            cgroups
+                .set_burstable_shares([&guaranteed, &burstable])
+                .map_err(|e| e.to_string())?;
+            let g = format!("{root}/podg1");
+            let read = |c: &str, rel: &str, name: &str| {
+                file(c, rel, name).map_err(|e| format!("{rel}/{name}: {e}"))
+            };
+            if v2 {
+                assert_eq!(read("", &g, "cpu.max")?, "50000 100000");
+                assert_eq!(read("", &g, "memory.max")?, (64u64 << 20).to_string());
+                assert_eq!(read("", &g, "cpu.weight")?, "20", "512 shares");
+                assert_eq!(read("", &format!("{root}/besteffort"), "cpu.weight")?, "1");
+                assert_eq!(
+                    read("", &format!("{root}/burstable"), "cpu.weight")?,
+                    "10",
+                    "256 shares"
+                );
+            } else {
+                assert_eq!(read("cpu", &g, "cpu.cfs_quota_us")?, "50000");
+                assert_eq!(read("cpu", &g, "cpu.shares")?, "512");
+                assert_eq!(
+                    read("memory", &g, "memory.limit_in_bytes")?,
+                    (64u64 << 20).to_string()
+                );
+                assert_eq!(
+                    read("cpu", &format!("{root}/besteffort"), "cpu.shares")?,
+                    "2"
+                );
+                assert_eq!(
+                    read("cpu", &format!("{root}/burstable"), "cpu.shares")?,
+                    "256"
+                );
+                assert_eq!(
+                    read("cpu", &format!("{root}/burstable/podb1"), "cpu.shares")?,
+                    "256"
+                );
+                assert_eq!(read("cpu", &root, "cpu.shares")?, "2048");
+                assert_eq!(
+                    read("memory", &root, "memory.limit_in_bytes")?,
+                    (1u64 << 30).to_string()
+                );
+                // The runtime puts containers below: cpuset must be usable there.
+                assert_ne!(
+                    read("cpuset", &g, "cpuset.cpus")?,
+                    "",
+                    "cpuset copied from the parent"
+                );
+            }
+            let mut uids = cgroups.pod_uids();
+            uids.sort();
+            assert_eq!(uids, vec!["b1".to_string(), "g1".to_string()]);
+            cgroups.remove_pod("g1").map_err(|e| e.to_string())?;
+            cgroups.remove_pod("b1").map_err(|e| e.to_string())?;
+            cgroups
+                .remove_pod("never-made")
+                .map_err(|e| e.to_string())?;
+            assert!(cgroups.pod_uids().is_empty(), "pod cgroups removed");
+            assert!(
+                file("memory", &g, "cgroup.procs").is_err(),
+                "gone from every hierarchy"
+            );
+            Ok(())
+        };
+        let outcome = check();
+        for path in [
+            format!("{root}/burstable"),
+            format!("{root}/besteffort"),
+            root.clone(),
+            format!("pods-test-{}", std::process::id()),
+        ] {
+            let _ = Cgroup::load(hierarchies::auto(), path.as_str()).delete();
+        }
+        if let Err(e) = outcome {
+            panic!("{e}");
+        }
+    }
+
+    #[test]
+    fn weights_from_shares() {
+        for (shares, weight) in [(2, 1), (1024, 39), (262_144, 10_000), (102, 4), (1, 1)] {
+            assert_eq!(shares_to_weight(shares), weight, "{shares} shares");
+        }
+    }
+
+    #[test]
+    fn shares_from_millicores() {
+        for (milli, shares) in [
+            (0, 2),
+            (1, 2),
+            (100, 102),
+            (1000, 1024),
+            (1_000_000, 262_144),
+        ] {
+            assert_eq!(milli_to_shares(milli), shares, "{milli}m");
+        }
+    }
+}
