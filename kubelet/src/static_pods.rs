@@ -386,8 +386,6 @@ pub fn watch(
     node_name: String,
     settle: Duration,
 ) -> Result<(watch::Receiver<Snapshot>, Watcher)> {
-    let mut manifests = ManifestDir::load(&dir, &node_name);
-    let (tx, rx) = watch::channel(manifests.snapshot());
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Change>();
     let relevant = dir.clone();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -418,6 +416,10 @@ pub fn watch(
             path: dir.clone(),
             source,
         })?;
+    // Read only once watched: a file written meanwhile is in the read or in an event
+    // (or both; reading it twice is harmless), never in neither.
+    let mut manifests = ManifestDir::load(&dir, &node_name);
+    let (tx, rx) = watch::channel(manifests.snapshot());
     let rewatch = Arc::downgrade(&watcher);
     tokio::spawn(async move {
         while let Some(first) = ev_rx.recv().await {
