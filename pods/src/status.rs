@@ -45,6 +45,7 @@ const REASON_READINESS_GATES_NOT_READY: &str = "ReadinessGatesNotReady";
 const REASON_CONTAINER_CREATING: &str = "ContainerCreating";
 const REASON_POD_INITIALIZING: &str = "PodInitializing";
 const REASON_STATUS_UNKNOWN: &str = "ContainerStatusUnknown";
+const REASON_COMPLETED: &str = "Completed";
 
 /// Conditions this module computes; any other condition of the pod is kept as is.
 const KUBELET_CONDITIONS: [&str; 5] = [
@@ -85,12 +86,19 @@ pub fn compute(input: &StatusInput<'_>) -> PodStatus {
     let old = input.previous.or(pod.status.as_ref());
     let init = plan::init_containers(pod);
     let regular = plan::regular_containers(pod);
+    let current = Instances::of_current_sandbox(input.observed);
+    let regular_started = regular.iter().any(|c| {
+        current
+            .newest(&c.name)
+            .is_some_and(|s| s.state() != v1::ContainerState::ContainerCreated)
+    });
     let builder = Builder {
         input,
         old,
         instances: Instances::new(input.observed),
         policy: RestartPolicy::of(pod),
         has_init: !init.is_empty(),
+        regular_started,
     };
     let init_statuses: Vec<ContainerStatus> = init
         .iter()
@@ -101,12 +109,6 @@ pub fn compute(input: &StatusInput<'_>) -> PodStatus {
         .map(|c| builder.container(c, ContainerKind::Regular))
         .collect();
 
-    let current = Instances::of_current_sandbox(input.observed);
-    let regular_started = regular.iter().any(|c| {
-        current
-            .newest(&c.name)
-            .is_some_and(|s| s.state() != v1::ContainerState::ContainerCreated)
-    });
     let mut phase = phase(
         builder.policy,
         init,
@@ -259,6 +261,8 @@ struct Builder<'i, 'a> {
     instances: Instances<'a>,
     policy: RestartPolicy,
     has_init: bool,
+    /// A regular container of the current sandbox has started: every init container ran.
+    regular_started: bool,
 }
 
 impl Builder<'_, '_> {
@@ -296,7 +300,28 @@ impl Builder<'_, '_> {
 
         let deleting = self.input.pod.metadata.deletion_timestamp.is_some() || self.input.terminal;
         let instances = self.instances.all(name);
+        // An init container of an initialized pod that the runtime no longer has (removed
+        // by hand, or by GC before an agent restart lost its status) ran to completion,
+        // as upstream reports it; it is not run again.
+        let completed_and_gone = kind == ContainerKind::Init
+            && instances.is_empty()
+            && self.regular_started
+            && st
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .is_some_and(|w| w.reason.as_deref() == Some(default_reason));
         match instances {
+            [] if completed_and_gone => {
+                st.state = Some(ContainerState {
+                    terminated: Some(ContainerStateTerminated {
+                        exit_code: 0,
+                        reason: Some(REASON_COMPLETED.to_owned()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
             [] => self.vanished(&mut st, old, default_reason, deleting),
             [newest, rest @ ..] => {
                 st = self.convert(c, newest, old);
@@ -314,6 +339,7 @@ impl Builder<'_, '_> {
                 n.state() == v1::ContainerState::ContainerExited && n.exit_code == 0
             });
         if !init_done
+            && !completed_and_gone
             && !deleting
             && plan::should_restart(self.policy, kind == ContainerKind::Sidecar, newest)
             && let Some((reason, message)) = self.input.waiting.get(name)
@@ -1548,6 +1574,38 @@ mod tests {
             .expect("waiting");
         assert_eq!(w.reason.as_deref(), Some("ContainerCreating"));
         assert_eq!(web.restart_count, 0);
+    }
+
+    #[test]
+    fn init_containers_gone_from_an_initialized_pod_completed() {
+        // Removed from the runtime (GC, crictl rm) and no earlier status to go by: the
+        // running app proves they ran; the pod stays Initialized and Running.
+        let pod = pod_with("Always", &["i1", "i2"], &["web"]);
+        let st = Env::new().compute(&pod, &observed(vec![running("web", 0, 200)]), None);
+        for name in ["i1", "i2"] {
+            let c = container(&st, name);
+            let t = c
+                .state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .expect("terminated");
+            assert_eq!(
+                (t.exit_code, t.reason.as_deref()),
+                (0, Some("Completed")),
+                "{name}"
+            );
+            assert!(c.ready, "{name}");
+        }
+        assert_eq!(cond(&st, "Initialized").status, "True");
+        assert_eq!(st.phase.as_deref(), Some("Running"));
+
+        // Before any app container started, a missing init container is still to run.
+        let st = Env::new().compute(&pod, &observed(vec![exited("i1", 0, 0, 200)]), None);
+        let i2 = container(&st, "i2");
+        assert!(
+            i2.state.as_ref().is_some_and(|s| s.waiting.is_some()),
+            "{i2:?}"
+        );
     }
 
     #[test]
