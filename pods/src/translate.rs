@@ -416,14 +416,24 @@ impl PodResources {
     pub const CPU_PERIOD: u64 = CPU_PERIOD as u64;
 }
 
+/// How a pod's overhead counts in [`effective_resources`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Overhead {
+    /// Added to every resource (requests).
+    Add,
+    /// Added where the resource is set (limits).
+    AddToSet,
+    Exclude,
+}
+
 /// A pod's effective requests or limits by resource name, as upstream `PodRequests` /
 /// `PodLimits`: the larger of the long-running containers' sum (regular containers and
 /// sidecars) and the peak of any init container (with the sidecars started before it),
-/// plus the pod overhead (added to a limit only where one is set).
+/// and the pod overhead.
 fn effective_resources(
     pod: &Pod,
     pick: impl Fn(&Resources) -> &BTreeMap<String, i128>,
-    overhead_on_unset: bool,
+    overhead: Overhead,
 ) -> Result<BTreeMap<String, i128>> {
     let add = |into: &mut BTreeMap<String, i128>, from: &BTreeMap<String, i128>| {
         for (k, v) in from {
@@ -457,7 +467,19 @@ fn effective_resources(
         }
     }
     max(&mut sum, &init_peak);
+    for (name, v) in pod_overhead(pod)? {
+        if overhead == Overhead::Add || (overhead == Overhead::AddToSet && sum.contains_key(&name))
+        {
+            *sum.entry(name).or_default() += v;
+        }
+    }
+    Ok(sum)
+}
+
+/// `spec.overhead` (set by RuntimeClass admission, or in a static pod's manifest).
+fn pod_overhead(pod: &Pod) -> Result<BTreeMap<String, i128>> {
     let overhead = pod.spec.as_ref().and_then(|s| s.overhead.as_ref());
+    let mut out = BTreeMap::new();
     for (name, q) in overhead.into_iter().flatten() {
         let v = parse_quantity(&q.0).filter(|v| *v >= 0).ok_or_else(|| {
             invalid(
@@ -466,17 +488,61 @@ fn effective_resources(
                 format!("invalid quantity {:?}", q.0),
             )
         })?;
-        if overhead_on_unset || sum.contains_key(name) {
-            *sum.entry(name.clone()).or_default() += v;
-        }
+        out.insert(name.clone(), v);
     }
-    Ok(sum)
+    Ok(out)
+}
+
+/// cpu shares, CFS quota and memory limit from a cpu request (`None`: unset, then the
+/// limit stands in), a cpu limit and a memory limit, as upstream
+/// `calculateLinuxResources`; the period is always set.
+fn linux_resources_of(
+    cpu_request: Option<i128>,
+    cpu_limit: i128,
+    memory_limit: i128,
+) -> v1::LinuxContainerResources {
+    let to_milli = |n: i128| saturate(ceil_div(n, MILLI_NANO));
+    let shares = match cpu_request {
+        None if cpu_limit > 0 => milli_cpu_to_shares(to_milli(cpu_limit)),
+        r => milli_cpu_to_shares(to_milli(r.unwrap_or(0))),
+    };
+    v1::LinuxContainerResources {
+        cpu_shares: shares,
+        cpu_period: CPU_PERIOD,
+        cpu_quota: milli_cpu_to_quota(to_milli(cpu_limit)),
+        memory_limit_in_bytes: saturate(ceil_div(memory_limit, NANO)),
+        ..Default::default()
+    }
+}
+
+/// The sandbox's `resources` (the pod's summed requests and limits, overhead excluded)
+/// and `overhead`, as the upstream kubelet fills them for runtimes that size the sandbox
+/// (VM-based ones) or report them (NRI).
+fn sandbox_resources(
+    pod: &Pod,
+) -> Result<(v1::LinuxContainerResources, v1::LinuxContainerResources)> {
+    let requests = effective_resources(pod, |r| &r.requests, Overhead::Exclude)?;
+    let limits = effective_resources(pod, |r| &r.limits, Overhead::Exclude)?;
+    let get = |m: &BTreeMap<String, i128>, k: &str| m.get(k).copied().unwrap_or(0);
+    let resources = linux_resources_of(
+        requests.get("cpu").copied(),
+        get(&limits, "cpu"),
+        get(&limits, "memory"),
+    );
+    let overhead = pod_overhead(pod)?;
+    let overhead = if overhead.is_empty() {
+        v1::LinuxContainerResources::default()
+    } else {
+        let cpu = get(&overhead, "cpu");
+        linux_resources_of(Some(cpu), cpu, get(&overhead, "memory"))
+    };
+    Ok((resources, overhead))
 }
 
 /// The pod's effective cpu request in millicores (what its QoS tier is sized by); 0 when
 /// a quantity does not parse ([`sandbox_config`] reports it).
 pub fn pod_cpu_request_millis(pod: &Pod) -> i64 {
-    let requests = effective_resources(pod, |r| &r.requests, true).unwrap_or_default();
+    let requests = effective_resources(pod, |r| &r.requests, Overhead::Add).unwrap_or_default();
     saturate(ceil_div(
         requests.get("cpu").copied().unwrap_or(0),
         MILLI_NANO,
@@ -485,8 +551,8 @@ pub fn pod_cpu_request_millis(pod: &Pod) -> i64 {
 
 /// The pod cgroup's limits (see [`PodResources`]); `node` gives the huge page sizes.
 pub fn pod_resources(pod: &Pod, node: &NodeInfo) -> Result<PodResources> {
-    let requests = effective_resources(pod, |r| &r.requests, true)?;
-    let limits = effective_resources(pod, |r| &r.limits, false)?;
+    let requests = effective_resources(pod, |r| &r.requests, Overhead::Add)?;
+    let limits = effective_resources(pod, |r| &r.limits, Overhead::AddToSet)?;
     let (mut cpu_limited, mut memory_limited) = (true, true);
     for (kind, c) in containers(pod) {
         let r = Resources::of(pod, &container_path(kind, c), c)?;
@@ -551,6 +617,7 @@ pub fn sandbox_config(
     for (kind, c) in containers(pod) {
         Resources::of(pod, &container_path(kind, c), c)?;
     }
+    let (resources, overhead) = sandbox_resources(pod)?;
     let host_network = spec.host_network == Some(true);
     let hostname = if host_network {
         String::new()
@@ -603,8 +670,8 @@ pub fn sandbox_config(
             cgroup_parent: pod_cgroup_parent(pod, node),
             security_context: Some(sandbox_security_context(pod, spec, node)?),
             sysctls,
-            overhead: None,
-            resources: None,
+            overhead: Some(overhead),
+            resources: Some(resources),
         }),
         windows: None,
     })
@@ -2305,6 +2372,45 @@ mod tests {
             .expect_err("bad overhead")
             .to_string();
         assert!(err.contains("spec.overhead.cpu"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_resources_as_upstream() {
+        let ctr = |r: Value| json!({"name": "a", "image": "x", "resources": r});
+        let cfg = |spec: Value| {
+            let linux = sandbox_config(&pod_with(spec), &node(), 0, Path::new("/logs"))
+                .expect("valid")
+                .linux
+                .expect("linux");
+            (
+                linux.resources.expect("resources"),
+                linux.overhead.expect("overhead"),
+            )
+        };
+        let want = |shares: i64, quota: i64, memory: i64| v1::LinuxContainerResources {
+            cpu_shares: shares,
+            cpu_period: 100_000,
+            cpu_quota: quota,
+            memory_limit_in_bytes: memory,
+            ..Default::default()
+        };
+        let (r, o) = cfg(json!({"containers": [ctr(json!({}))]}));
+        assert_eq!(r, want(2, 0, 0), "nothing declared");
+        assert_eq!(o, v1::LinuxContainerResources::default(), "no overhead");
+        let (r, o) = cfg(json!({
+            "overhead": {"cpu": "100m", "memory": "8Mi"},
+            "containers": [ctr(resources(&[("cpu", "250m")], &[("cpu", "500m"), ("memory", "64Mi")]))],
+        }));
+        assert_eq!(
+            r,
+            want(256, 50_000, 64 << 20),
+            "the pod's own, overhead excluded"
+        );
+        assert_eq!(
+            o,
+            want(102, 10_000, 8 << 20),
+            "overhead as requests = limits"
+        );
     }
 
     #[test]
