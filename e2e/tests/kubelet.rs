@@ -966,3 +966,57 @@ async fn pods_get_qos_cgroups_with_their_limits_until_they_are_removed() -> R {
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_replaced_static_pod_starts_once_the_old_one_is_gone() -> R {
+    // As upstream: one instance of a static pod at a time, so the new one never meets
+    // the old one on its host ports, host network or hostPath files.
+    let node = KubeletNode::start().await?;
+    let markers = node.dir().join("markers");
+    std::fs::create_dir_all(&markers)?;
+    let version = |v: &str| {
+        manifest(&format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: single
+spec:
+  terminationGracePeriodSeconds: 10
+  containers:
+  - name: app
+    image: IMAGE
+    imagePullPolicy: Never
+    command:
+    - sh
+    - -c
+    - "trap 'sleep 1; echo {v} stopped >> /markers/log; exit 0' TERM; echo {v} started >> /markers/log; while true; do sleep 1; done"
+    volumeMounts: [{{name: markers, mountPath: /markers}}]
+  volumes:
+  - name: markers
+    hostPath: {{path: {}, type: Directory}}
+"#,
+            markers.display()
+        ))
+    };
+    node.write_manifest("single.yaml", &version("v1"))?;
+    let old = node.wait_ready("single", LIMIT).await?;
+    let log = markers.join("log");
+    wait_for_text(&log, "v1 started", LIMIT).await?;
+
+    node.write_manifest("single.yaml", &version("v2"))?;
+    let new = node
+        .wait_pod("single", LIMIT, |p| {
+            uid(p) != uid(&old) && running_and_ready(p)
+        })
+        .await?;
+    wait_for_text(&log, "v2 started", LIMIT).await?;
+    assert_eq!(
+        std::fs::read_to_string(&log)?,
+        "v1 started\nv1 stopped\nv2 started\n",
+        "the new instance started only after the old one stopped"
+    );
+    let pods = node.pods()?;
+    assert!(!has_uid(&pods, &uid(&old)), "the old instance is gone");
+    assert!(has_uid(&pods, &uid(&new)));
+    Ok(())
+}

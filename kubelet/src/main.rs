@@ -181,10 +181,11 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "static pod manifest not used");
     }
     tracing::info!(dir = %dir.display(), pods = first.pods.len(), "static pods");
-    engine.set_pods(&first.pods);
+    // Orphans first: a new instance of a static pod waits for its old one to be gone.
     if let Err(e) = engine.adopt_orphans(&first.pods).await {
         tracing::warn!(err = %e, "listing pods left by an earlier run");
     }
+    engine.set_pods(&first.pods);
     loop {
         tokio::select! {
             changed = snapshots.changed() => {

@@ -20,7 +20,7 @@ use notify::Watcher as _;
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
-pub const ANNOTATION_SOURCE: &str = "kubernetes.io/config.source";
+pub const ANNOTATION_SOURCE: &str = pods::ANNOTATION_CONFIG_SOURCE;
 pub const ANNOTATION_HASH: &str = "kubernetes.io/config.hash";
 /// The manifest file a static pod came from (ours, for messages).
 pub const ANNOTATION_FILE: &str = "nodelet.io/manifest-file";

@@ -55,12 +55,37 @@ struct ProbeState {
 struct Worker {
     desired: watch::Sender<Option<Pod>>,
     wake: Arc<Notify>,
+    /// `<name>_<namespace>`: one static pod instance per full name runs at a time.
+    full_name: String,
+    /// When the worker was made, for the order among instances of one full name.
+    seq: u64,
+}
+
+/// A pod not from the API server (a static pod), by its source annotation as upstream.
+fn is_static(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::ANNOTATION_CONFIG_SOURCE))
+        .is_some_and(|s| s != "api")
+}
+
+fn full_name(name: &str, namespace: &str) -> String {
+    format!("{name}_{namespace}")
+}
+
+fn pod_full_name(pod: &Pod) -> String {
+    full_name(
+        pod.metadata.name.as_deref().unwrap_or_default(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    )
 }
 
 struct Inner {
     cri: Cri,
     cfg: EngineConfig,
     workers: Mutex<HashMap<String, Worker>>,
+    next_seq: std::sync::atomic::AtomicU64,
     views: watch::Sender<PodViews>,
     probes: Mutex<HashMap<String, ProbeState>>,
     prober: Mutex<Prober>,
@@ -81,6 +106,7 @@ impl Engine {
             cri,
             cfg,
             workers: Mutex::default(),
+            next_seq: Default::default(),
             views: watch::channel(PodViews::new()).0,
             probes: Mutex::default(),
         });
@@ -114,7 +140,8 @@ impl Engine {
                         rx,
                         wake.clone(),
                     ));
-                    workers.insert(uid.clone(), Worker { desired: tx, wake });
+                    let worker = self.inner.new_worker(tx, wake, pod_full_name(pod));
+                    workers.insert(uid.clone(), worker);
                 }
             }
         }
@@ -165,7 +192,16 @@ impl Engine {
                 rx,
                 wake.clone(),
             ));
-            workers.insert(uid.clone(), Worker { desired: tx, wake });
+            // Its name from the runtime's labels: a new instance of the same static pod
+            // waits for this one to be gone.
+            let labels = running[uid].sandboxes.first().map(|s| &s.labels);
+            let label = |k: &str| labels.and_then(|l| l.get(k)).cloned().unwrap_or_default();
+            let name = full_name(
+                &label(crate::LABEL_POD_NAME),
+                &label(crate::LABEL_POD_NAMESPACE),
+            );
+            let worker = self.inner.new_worker(tx, wake, name);
+            workers.insert(uid.clone(), worker);
         }
         Ok(())
     }
@@ -173,6 +209,42 @@ impl Engine {
     /// The pods and their statuses, updated after every sync.
     pub fn views(&self) -> watch::Receiver<PodViews> {
         self.inner.views.subscribe()
+    }
+}
+
+impl Inner {
+    fn new_worker(
+        &self,
+        desired: watch::Sender<Option<Pod>>,
+        wake: Arc<Notify>,
+        full_name: String,
+    ) -> Worker {
+        let seq = self
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Worker {
+            desired,
+            wake,
+            full_name,
+            seq,
+        }
+    }
+
+    /// Whether a pod may be synced: a static pod waits while an earlier instance of its
+    /// full name is still known (running, or being terminated), as upstream's pod
+    /// workers do, so a replaced manifest's pod starts once the old one is gone (host
+    /// ports, host network, hostPath state are then free).
+    fn may_start(&self, uid: &str, pod: &Pod) -> bool {
+        if !is_static(pod) {
+            return true;
+        }
+        let workers = lock(&self.workers);
+        let Some(me) = workers.get(uid) else {
+            return true;
+        };
+        !workers
+            .iter()
+            .any(|(other, w)| other != uid && w.full_name == me.full_name && w.seq < me.seq)
     }
 }
 
@@ -305,6 +377,11 @@ async fn worker(
         // Set when the desired pod changed while a sync ran: sync again at once.
         let mut updated = false;
         let requeue = match &pod {
+            Some(pod) if !inner.may_start(&uid, pod) => {
+                tracing::info!(pod = %pod_name(pod), pod.uid = %uid, "waiting for the previous instance of this static pod to terminate");
+                publish(&inner, &uid, pod, &mut mem, &Observed::default(), false);
+                None
+            }
             Some(pod) => {
                 // A sync in flight (an image pull, a long postStart hook) is given up
                 // when the pod is removed or deleted meanwhile, as upstream's pod
@@ -353,7 +430,12 @@ async fn worker(
                         if desired.has_changed().unwrap_or(false) {
                             continue;
                         }
-                        workers.remove(&uid);
+                        // Instances of the same static pod waiting for this one go on.
+                        if let Some(gone) = workers.remove(&uid) {
+                            for w in workers.values().filter(|w| w.full_name == gone.full_name) {
+                                w.wake.notify_one();
+                            }
+                        }
                     }
                     lock(&inner.prober).forget_pod(&uid);
                     lock(&inner.probes).remove(&uid);

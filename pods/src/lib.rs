@@ -25,6 +25,9 @@ use std::time::SystemTime;
 
 use proto::v1;
 
+/// Where a pod came from (`file`, `http`, `api`); any but `api` makes it a static pod.
+pub const ANNOTATION_CONFIG_SOURCE: &str = "kubernetes.io/config.source";
+
 /// CRI labels (sandbox and containers).
 pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
 pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
