@@ -303,6 +303,11 @@ impl KubeletNode {
     }
 
     /// SIGTERM, as an operator stops the agent; waits (bounded) for it to exit.
+    /// More flags for the next [`KubeletNode::spawn`].
+    pub fn add_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(std::ffi::OsString::from));
+    }
+
     pub fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("kubelet is not running")?;
         let pid = i32::try_from(child.id())?;

@@ -887,7 +887,7 @@ fn holds_processes(dir: &std::path::Path) -> bool {
 
 #[tokio::test]
 async fn pods_get_qos_cgroups_with_their_limits_until_they_are_removed() -> R {
-    let node = KubeletNode::start().await?;
+    let mut node = KubeletNode::start().await?;
     node.write_manifest(
         "g.yaml",
         &with_resources("guaranteed", "{limits: {cpu: 250m, memory: 32Mi}}"),
@@ -964,6 +964,25 @@ async fn pods_get_qos_cgroups_with_their_limits_until_they_are_removed() -> R {
         let left = e2e::kubelet::cgroup_dirs(&of(tier, pod));
         assert!(left.is_empty(), "pod cgroups left: {left:?}");
     }
+
+    // A pod cgroup nothing runs in any more (its pod removed behind the agent's back)
+    // is swept at start; `--pod-max-pids` limits every new pod.
+    let stale = format!("{pods}/besteffort/podstale-uid");
+    for dir in e2e::kubelet::cgroup_dirs(&format!("{pods}/besteffort")) {
+        std::fs::create_dir(dir.join("podstale-uid"))?;
+    }
+    assert!(!e2e::kubelet::cgroup_dirs(&stale).is_empty());
+    node.terminate()?;
+    node.add_args(&["--pod-max-pids", "50"]);
+    node.spawn().await?;
+    node.write_manifest("e.yaml", &one_container("besteffort", "exec sleep 3600"))?;
+    let e = node.wait_ready("besteffort", LIMIT).await?;
+    let left = e2e::kubelet::cgroup_dirs(&stale);
+    assert!(left.is_empty(), "stale pod cgroups left: {left:?}");
+    assert_eq!(
+        cgroup_value(&of("/besteffort", &e), "pids", "pids.max", "pids.max")?,
+        "50"
+    );
     Ok(())
 }
 

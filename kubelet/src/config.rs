@@ -28,6 +28,7 @@ struct KubeletConfiguration {
     #[serde(rename = "cgroupsPerQOS")]
     cgroups_per_qos: Option<bool>,
     cgroup_driver: Option<String>,
+    pod_pids_limit: Option<i64>,
 }
 
 /// Everything the agent runs with.
@@ -43,6 +44,8 @@ pub struct Settings {
     pub cri_socket: Option<PathBuf>,
     pub image_preload_dir: Option<PathBuf>,
     pub node: pods::translate::NodeInfo,
+    /// `podPidsLimit` / `--pod-max-pids`: processes per pod; -1 (the default): no limit.
+    pub pod_pids_limit: i64,
 }
 
 impl Settings {
@@ -116,6 +119,7 @@ impl Settings {
             cri_socket: args.cri_socket.clone(),
             image_preload_dir: args.image_preload_dir.clone(),
             node,
+            pod_pids_limit: args.pod_max_pids.or(file.pod_pids_limit).unwrap_or(-1),
         })
     }
 }
@@ -187,6 +191,11 @@ mod tests {
         );
         let node = load("cgroupsPerQOS: false\n", &["--cgroups-per-qos"])?.node;
         assert!(!node.no_qos_cgroups, "the flag wins");
+        let cfg = load("podPidsLimit: 100\n", &[])?;
+        assert_eq!(cfg.pod_pids_limit, 100);
+        let cfg = load("podPidsLimit: 100\n", &["--pod-max-pids", "20"])?;
+        assert_eq!(cfg.pod_pids_limit, 20, "the flag wins");
+        assert_eq!(load("{}\n", &[])?.pod_pids_limit, -1, "no limit by default");
         let node = load("{}\n", &["--cgroups-per-qos=false", "--cgroup-root", "/x"])?.node;
         assert_eq!(
             (node.cgroup_root.as_str(), node.no_qos_cgroups),

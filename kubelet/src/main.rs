@@ -62,6 +62,10 @@ pub struct Args {
     /// container straight under --cgroup-root. Also `cgroupsPerQOS` in --config.
     #[arg(long = "cgroups-per-qos", num_args = 0..=1, default_missing_value = "true")]
     cgroups_per_qos: Option<bool>,
+    /// The most processes a pod may have (its cgroup's pids.max); -1: no limit. Also
+    /// `podPidsLimit` in --config.
+    #[arg(long = "pod-max-pids", allow_hyphen_values = true)]
+    pod_max_pids: Option<i64>,
     /// Only `cgroupfs` is supported. Also `cgroupDriver` in --config.
     #[arg(long = "cgroup-driver")]
     cgroup_driver: Option<String>,
@@ -129,8 +133,9 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
         .into_inner();
     tracing::info!(%endpoint, runtime = %version.runtime_name, runtime_version = %version.runtime_version, node = %cfg.node.node_name, "connected to the container runtime");
     check_cgroup_driver(&client, &endpoint).await?;
-    let cgroups =
-        (!cfg.node.no_qos_cgroups).then(|| pods::cgroups::PodCgroups::new(&cfg.node.cgroup_root));
+    let cgroups = (!cfg.node.no_qos_cgroups).then(|| {
+        pods::cgroups::PodCgroups::new(&cfg.node.cgroup_root).with_pids_limit(cfg.pod_pids_limit)
+    });
     if let Some(cg) = &cgroups {
         cg.ensure_node(&cfg.node).with_context(|| {
             format!(

@@ -43,6 +43,8 @@ type Result<T> = std::result::Result<T, Error>;
 pub struct PodCgroups {
     /// Relative to the hierarchy's root: `kubepods`.
     root: String,
+    /// `podPidsLimit`: the most processes one pod may have.
+    pids_limit: Option<i64>,
 }
 
 const TIERS: [&str; 2] = ["burstable", "besteffort"];
@@ -52,7 +54,14 @@ impl PodCgroups {
     pub fn new(cgroup_root: &str) -> Self {
         Self {
             root: cgroup_root.trim_matches('/').to_string(),
+            pids_limit: None,
         }
+    }
+
+    /// Every pod cgroup limited to `limit` processes (`--pod-max-pids`); 0 or less: none.
+    pub fn with_pids_limit(mut self, limit: i64) -> Self {
+        self.pids_limit = (limit > 0).then_some(limit);
+        self
     }
 
     fn path(&self, rest: &str) -> String {
@@ -104,6 +113,7 @@ impl PodCgroups {
             res.cpu.quota = Some(quota);
         }
         res.memory.memory_hard_limit = want.memory_limit;
+        res.pid.maximum_number_of_processes = self.pids_limit.map(cgroups_rs::MaxValue::Value);
         res.hugepages.limits = want
             .hugepage_limits
             .iter()
@@ -298,7 +308,7 @@ mod tests {
         }
         let v2 = hierarchies::is_cgroup2_unified_mode();
         let root = format!("pods-test-{}/kubepods", std::process::id());
-        let cgroups = PodCgroups::new(&format!("/{root}"));
+        let cgroups = PodCgroups::new(&format!("/{root}")).with_pids_limit(64);
         let node = NodeInfo {
             cgroup_root: format!("/{root}"),
             cpu_millis: 2000,
@@ -345,6 +355,7 @@ mod tests {
                 assert_eq!(read("", &g, "cpu.max")?, "50000 100000");
                 assert_eq!(read("", &g, "memory.max")?, (64u64 << 20).to_string());
                 assert_eq!(read("", &g, "cpu.weight")?, "20", "512 shares");
+                assert_eq!(read("", &g, "pids.max")?, "64");
                 assert_eq!(read("", &format!("{root}/besteffort"), "cpu.weight")?, "1");
                 assert_eq!(
                     read("", &format!("{root}/burstable"), "cpu.weight")?,
@@ -371,6 +382,7 @@ mod tests {
                     "256"
                 );
                 assert_eq!(read("cpu", &root, "cpu.shares")?, "2048");
+                assert_eq!(read("pids", &g, "pids.max")?, "64");
                 assert_eq!(
                     read("memory", &root, "memory.limit_in_bytes")?,
                     (1u64 << 30).to_string()
