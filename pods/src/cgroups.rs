@@ -131,11 +131,11 @@ impl PodCgroups {
         let mut out = Vec::new();
         for tier in ["", TIERS[0], TIERS[1]] {
             let dir = hier.root().join(self.path(tier));
-            // v1: the memory hierarchy has every pod cgroup the node made.
+            // v1: the cpu hierarchy, there on every node, has every pod cgroup made.
             let dir = if hier.v2() {
                 dir
             } else {
-                hier.root().join("memory").join(self.path(tier))
+                hier.root().join("cpu").join(self.path(tier))
             };
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 if let Some(uid) = entry
@@ -208,7 +208,7 @@ fn all_procs(cg: &Cgroup) -> Vec<CgroupPid> {
     let base = if hier.v2() {
         hier.root().join(cg.path())
     } else {
-        hier.root().join("pids").join(cg.path())
+        hier.root().join("cpu").join(cg.path())
     };
     let mut stack = vec![base];
     while let Some(dir) = stack.pop() {
@@ -394,10 +394,24 @@ mod tests {
                     "cpuset copied from the parent"
                 );
             }
+            // What still runs in a removed pod's cgroup is killed.
+            let mut straggler = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            Cgroup::load(hierarchies::auto(), g.as_str())
+                .add_task_by_tgid(CgroupPid::from(u64::from(straggler.id())))
+                .map_err(|e| e.to_string())?;
             let mut uids = cgroups.pod_uids();
             uids.sort();
             assert_eq!(uids, vec!["b1".to_string(), "g1".to_string()]);
             cgroups.remove_pod("g1").map_err(|e| e.to_string())?;
+            let ended = straggler.wait().map_err(|e| e.to_string())?;
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&ended),
+                Some(9),
+                "killed"
+            );
             cgroups.remove_pod("b1").map_err(|e| e.to_string())?;
             cgroups
                 .remove_pod("never-made")
