@@ -1039,3 +1039,114 @@ spec:
     assert!(has_uid(&pods, &uid(&new)));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pod_sees_its_fields_as_configured() -> R {
+    // What the translation promises, checked from inside the containers: downward env
+    // and files, $(VAR) expansion, hostname, a shared PID namespace, a memory-backed
+    // emptyDir with its size, a startup probe; and a job-like pod under OnFailure.
+    let node = KubeletNode::start().await?;
+    node.write_manifest(
+        "fields.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: fields
+  labels: {tier: demo}
+spec:
+  terminationGracePeriodSeconds: 2
+  hostname: box
+  subdomain: sub
+  shareProcessNamespace: true
+  containers:
+  - name: main
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "exec sleep 3600"]
+    env:
+    - {name: MEM_LIMIT, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: GREETING, value: "hi $(POD_NAME)"}
+    resources: {limits: {cpu: 100m, memory: 64Mi}}
+    startupProbe: {exec: {command: ["true"]}, periodSeconds: 1}
+    volumeMounts:
+    - {name: mem, mountPath: /mem}
+    - {name: info, mountPath: /info}
+  - name: peer
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "exec sleep 3601"]
+  volumes:
+  - name: mem
+    emptyDir: {medium: Memory, sizeLimit: 8Mi}
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+"#,
+        ),
+    )?;
+    node.write_manifest(
+        "job.yaml",
+        &manifest(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: job
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: work
+    image: IMAGE
+    imagePullPolicy: Never
+    command: [sh, -c, "if [ -f /scratch/tried ]; then exit 0; fi; touch /scratch/tried; exit 3"]
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+  volumes:
+  - {name: scratch, emptyDir: {}}
+"#,
+        ),
+    )?;
+    let pod = node.wait_ready("fields", LIMIT).await?;
+    assert_eq!(container(&pod, "main").and_then(|c| c.started), Some(true));
+    let main = container_id(&pod, "main");
+    let c = node.runtime().await?;
+    let run = |cmd: &'static str| {
+        let main = main.clone();
+        let mut c = c.clone();
+        async move {
+            let (code, out, err) = exec(&mut c, &main, &["sh", "-c", cmd]).await?;
+            anyhow::ensure!(code == 0, "{cmd}: exit {code}: {err}");
+            Ok::<String, anyhow::Error>(out.trim().to_string())
+        }
+    };
+    assert_eq!(run("echo $MEM_LIMIT").await?, "64");
+    assert_eq!(run("echo $GREETING").await?, "hi fields-testnode");
+    assert_eq!(run("hostname").await?, "box");
+    let procs = run("cat /proc/[0-9]*/cmdline | tr '\\0' ' '").await?;
+    assert!(
+        procs.contains("sleep 3601"),
+        "the peer's process is visible: {procs}"
+    );
+    let mount = run("grep ' /mem ' /proc/mounts").await?;
+    assert!(
+        mount.starts_with("tmpfs ") && mount.contains("size=8192k"),
+        "{mount}"
+    );
+    assert_eq!(run("cat /info/labels").await?, "tier=\"demo\"");
+
+    let job = node
+        .wait_pod("job", LIMIT, |p| phase(p) == "Succeeded")
+        .await?;
+    assert_eq!(
+        restart_count(&job, "work"),
+        1,
+        "failed once, then succeeded"
+    );
+    let t = container(&job, "work")
+        .and_then(|c| c.state.clone())
+        .and_then(|s| s.terminated)
+        .context("terminated")?;
+    assert_eq!(t.exit_code, 0);
+    Ok(())
+}
