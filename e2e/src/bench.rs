@@ -40,6 +40,26 @@ pub fn pss_kib(pid: u32) -> u64 {
     proc_kib(pid, "smaps_rollup", "Pss")
 }
 
+/// CPU time of a process, in ms: its own (user + system), and that of the children it
+/// has reaped (for the agent: runc and the CNI plugins it ran).
+pub fn process_cpu_ms(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let at = |i: usize| f.get(i - 4).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    let ms = |ticks: u64| ticks * 1000 / hz;
+    (ms(at(14) + at(15)), ms(at(16) + at(17)))
+}
+
 /// The machine's CPU time so far, from the `cpu` line of /proc/stat (clock ticks).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuTimes {
