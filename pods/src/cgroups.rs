@@ -41,19 +41,26 @@ type Result<T> = std::result::Result<T, Error>;
 /// The node's pod cgroups under one root (`NodeInfo::cgroup_root`, e.g. `/kubepods`).
 #[derive(Debug, Clone)]
 pub struct PodCgroups {
-    /// Relative to the hierarchy's root: `kubepods`.
     root: String,
     /// `podPidsLimit`: the most processes one pod may have.
     pids_limit: Option<i64>,
 }
 
-const TIERS: [&str; 2] = ["burstable", "besteffort"];
-const MIN_SHARES: u64 = 2;
+const CLASSES: [QosClass; 3] = [
+    QosClass::Guaranteed,
+    QosClass::Burstable,
+    QosClass::BestEffort,
+];
+
+/// A cgroup path as `cgroups-rs` takes it: relative to the hierarchy's root.
+fn rel(path: &str) -> &str {
+    path.trim_start_matches('/')
+}
 
 impl PodCgroups {
     pub fn new(cgroup_root: &str) -> Self {
         Self {
-            root: cgroup_root.trim_matches('/').to_string(),
+            root: cgroup_root.to_string(),
             pids_limit: None,
         }
     }
@@ -64,28 +71,23 @@ impl PodCgroups {
         self
     }
 
-    fn path(&self, rest: &str) -> String {
-        match (self.root.is_empty(), rest.is_empty()) {
-            (_, true) => self.root.clone(),
-            (true, false) => rest.to_string(),
-            (false, false) => format!("{}/{rest}", self.root),
-        }
+    fn tier(&self, class: QosClass) -> String {
+        translate::qos_cgroup(&self.root, class)
     }
 
     /// Creates the node cgroup (cpu shares of the node's cpus, memory limited to what
     /// the node has) and the Burstable and BestEffort tiers under it.
     pub fn ensure_node(&self, node: &NodeInfo) -> Result<()> {
         let mut res = Resources::default();
-        res.cpu.shares = Some(shares_for(milli_to_shares(node.cpu_millis)));
+        res.cpu.shares = Some(shares_for(node.cpu_millis));
         if node.memory_bytes > 0 {
             res.memory.memory_hard_limit = Some(node.memory_bytes);
         }
-        create(&self.path(""), &res)?;
-        create(&self.path("burstable"), &Resources::default())?;
+        create(&self.tier(QosClass::Guaranteed), &res)?;
+        create(&self.tier(QosClass::Burstable), &Resources::default())?;
         let mut least = Resources::default();
-        least.cpu.shares = Some(shares_for(MIN_SHARES));
-        create(&self.path("besteffort"), &least)?;
-        Ok(())
+        least.cpu.shares = Some(weight_of(translate::MIN_SHARES));
+        create(&self.tier(QosClass::BestEffort), &least)
     }
 
     /// The Burstable tier's cpu shares: the summed cpu requests of the Burstable pods, so
@@ -98,8 +100,9 @@ impl PodCgroups {
             }
         }
         let mut res = Resources::default();
-        res.cpu.shares = Some(shares_for(milli_to_shares(milli)));
-        apply(&self.path("burstable"), &res)
+        res.cpu.shares = Some(shares_for(milli));
+        let path = self.tier(QosClass::Burstable);
+        set(&Cgroup::load(hierarchies::auto(), rel(&path)), &path, &res)
     }
 
     /// The cgroup of a pod, created or updated with the pod's limits.
@@ -107,7 +110,9 @@ impl PodCgroups {
         let want = translate::pod_resources(pod, node)?;
         let path = translate::pod_cgroup_parent(pod, node);
         let mut res = Resources::default();
-        res.cpu.shares = Some(shares_for(want.cpu_shares));
+        res.cpu.shares = Some(weight_of(
+            i64::try_from(want.cpu_shares).unwrap_or(i64::MAX),
+        ));
         if let Some(quota) = want.cpu_quota {
             res.cpu.period = Some(translate::PodResources::CPU_PERIOD);
             res.cpu.quota = Some(quota);
@@ -122,21 +127,15 @@ impl PodCgroups {
                 limit: u64::try_from(*limit).unwrap_or(0),
             })
             .collect();
-        create(path.trim_start_matches('/'), &res)
+        create(&path, &res)
     }
 
     /// The UIDs that have a pod cgroup here (in whichever tier).
     pub fn pod_uids(&self) -> Vec<String> {
         let hier = hierarchies::auto();
         let mut out = Vec::new();
-        for tier in ["", TIERS[0], TIERS[1]] {
-            let dir = hier.root().join(self.path(tier));
-            // v1: the cpu hierarchy, there on every node, has every pod cgroup made.
-            let dir = if hier.v2() {
-                dir
-            } else {
-                hier.root().join("cpu").join(self.path(tier))
-            };
+        for class in CLASSES {
+            let dir = dir_of(hier.as_ref(), rel(&self.tier(class)));
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 if let Some(uid) = entry
                     .file_name()
@@ -155,13 +154,17 @@ impl PodCgroups {
     /// should, once its sandboxes are removed). Blocks briefly while the kernel lets go
     /// of killed processes; call from a blocking context.
     pub fn remove_pod(&self, uid: &str) -> Result<()> {
-        for tier in ["", TIERS[0], TIERS[1]] {
-            let path = self.path(&format!("{}pod{uid}", tier_prefix(tier)));
-            let cg = Cgroup::load(hierarchies::auto(), path.as_str());
+        for class in CLASSES {
+            let path = format!("{}/pod{uid}", self.tier(class));
+            let path = rel(&path);
+            let hier = hierarchies::auto();
+            let dir = dir_of(hier.as_ref(), path);
+            let root = hier.root();
+            let cg = Cgroup::load(hier, path);
             if !cg.exists() {
                 continue;
             }
-            let procs = all_procs(&cg);
+            let procs = all_procs(&cg, &dir);
             if !procs.is_empty() {
                 tracing::warn!(cgroup = %path, count = procs.len(), "killing processes left in a removed pod's cgroup");
                 for pid in procs {
@@ -169,18 +172,17 @@ impl PodCgroups {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                 }
             }
-            let hier = hierarchies::auto();
             if cg.v2() {
-                remove_children_v2(&hier.root().join(&path));
+                remove_children_v2(&dir);
             }
             cg.delete().map_err(|source| Error::Cgroup {
-                path: path.clone(),
+                path: path.to_string(),
                 what: "removing",
                 source,
             })?;
             // A hybrid host (v1 controllers, a cgroup2 mount with none): the runtime
             // made the pod's directory there too, for process tracking.
-            let unified = hier.root().join("unified").join(&path);
+            let unified = root.join("unified").join(path);
             if !cg.v2() && unified.is_dir() {
                 remove_children_v2(&unified);
                 if let Err(e) = std::fs::remove_dir(&unified) {
@@ -193,24 +195,21 @@ impl PodCgroups {
     }
 }
 
-fn tier_prefix(tier: &str) -> String {
-    if tier.is_empty() {
-        String::new()
+/// Where a cgroup's directory is: in the one v2 hierarchy, or on v1 in the cpu
+/// hierarchy (there on every node) as the one to list and search.
+fn dir_of(hier: &dyn cgroups_rs::Hierarchy, path: &str) -> std::path::PathBuf {
+    if hier.v2() {
+        hier.root().join(path)
     } else {
-        format!("{tier}/")
+        hier.root().join("cpu").join(path)
     }
 }
 
-/// Every process in the cgroup and below it (container cgroups the runtime left).
-fn all_procs(cg: &Cgroup) -> Vec<CgroupPid> {
-    let hier = hierarchies::auto();
+/// Every process in the cgroup (`dir` from [`dir_of`]) and below it (container cgroups
+/// the runtime left).
+fn all_procs(cg: &Cgroup, dir: &std::path::Path) -> Vec<CgroupPid> {
     let mut out = cg.procs();
-    let base = if hier.v2() {
-        hier.root().join(cg.path())
-    } else {
-        hier.root().join("cpu").join(cg.path())
-    };
-    let mut stack = vec![base];
+    let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let p = entry.path();
@@ -245,11 +244,15 @@ fn remove_children_v2(dir: &std::path::Path) {
 }
 
 fn create(path: &str, res: &Resources) -> Result<()> {
-    let cg = Cgroup::new(hierarchies::auto(), path).map_err(|source| Error::Cgroup {
+    let cg = Cgroup::new(hierarchies::auto(), rel(path)).map_err(|source| Error::Cgroup {
         path: path.to_string(),
         what: "creating",
         source,
     })?;
+    set(&cg, path, res)
+}
+
+fn set(cg: &Cgroup, path: &str, res: &Resources) -> Result<()> {
     cg.apply(res).map_err(|source| Error::Cgroup {
         path: path.to_string(),
         what: "setting limits",
@@ -257,29 +260,15 @@ fn create(path: &str, res: &Resources) -> Result<()> {
     })
 }
 
-fn apply(path: &str, res: &Resources) -> Result<()> {
-    let cg = Cgroup::load(hierarchies::auto(), path);
-    cg.apply(res).map_err(|source| Error::Cgroup {
-        path: path.to_string(),
-        what: "setting limits",
-        source,
-    })
-}
-
-fn milli_to_shares(milli: i64) -> u64 {
-    if milli <= 0 {
-        return MIN_SHARES;
-    }
-    (u64::try_from(milli)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(1024)
-        / 1000)
-        .clamp(MIN_SHARES, 262_144)
+/// The cpu shares of `milli` millicores, as the hierarchy spells them.
+fn shares_for(milli: i64) -> u64 {
+    weight_of(translate::milli_cpu_to_shares(milli))
 }
 
 /// cpu shares as the hierarchy spells them: `cpu.shares` on v1, `cpu.weight` (1–10000)
 /// on v2 by the conversion runc and the kubelet use.
-fn shares_for(shares: u64) -> u64 {
+fn weight_of(shares: i64) -> u64 {
+    let shares = u64::try_from(shares).unwrap_or(0);
     if hierarchies::is_cgroup2_unified_mode() {
         shares_to_weight(shares)
     } else {
@@ -441,19 +430,6 @@ mod tests {
     fn weights_from_shares() {
         for (shares, weight) in [(2, 1), (1024, 39), (262_144, 10_000), (102, 4), (1, 1)] {
             assert_eq!(shares_to_weight(shares), weight, "{shares} shares");
-        }
-    }
-
-    #[test]
-    fn shares_from_millicores() {
-        for (milli, shares) in [
-            (0, 2),
-            (1, 2),
-            (100, 102),
-            (1000, 1024),
-            (1_000_000, 262_144),
-        ] {
-            assert_eq!(milli_to_shares(milli), shares, "{milli}m");
         }
     }
 }

@@ -391,10 +391,17 @@ pub fn pod_cgroup_parent(pod: &Pod, node: &NodeInfo) -> String {
         };
     }
     let uid = pod.metadata.uid.as_deref().unwrap_or_default();
-    match qos_class(pod) {
-        QosClass::Guaranteed => format!("{root}/pod{uid}"),
-        QosClass::Burstable => format!("{root}/burstable/pod{uid}"),
-        QosClass::BestEffort => format!("{root}/besteffort/pod{uid}"),
+    format!("{}/pod{uid}", qos_cgroup(root, qos_class(pod)))
+}
+
+/// The cgroup the pods of a QoS class sit in (cgroupfs): the root itself for
+/// Guaranteed, `<root>/burstable`, `<root>/besteffort`.
+pub fn qos_cgroup(root: &str, class: QosClass) -> String {
+    let root = root.trim_end_matches('/');
+    match class {
+        QosClass::Guaranteed => root.to_string(),
+        QosClass::Burstable => format!("{root}/burstable"),
+        QosClass::BestEffort => format!("{root}/besteffort"),
     }
 }
 
@@ -501,7 +508,6 @@ fn linux_resources_of(
     cpu_limit: i128,
     memory_limit: i128,
 ) -> v1::LinuxContainerResources {
-    let to_milli = |n: i128| saturate(ceil_div(n, MILLI_NANO));
     let shares = match cpu_request {
         None if cpu_limit > 0 => milli_cpu_to_shares(to_milli(cpu_limit)),
         r => milli_cpu_to_shares(to_milli(r.unwrap_or(0))),
@@ -523,18 +529,17 @@ fn sandbox_resources(
 ) -> Result<(v1::LinuxContainerResources, v1::LinuxContainerResources)> {
     let requests = effective_resources(pod, |r| &r.requests, Overhead::Exclude)?;
     let limits = effective_resources(pod, |r| &r.limits, Overhead::Exclude)?;
-    let get = |m: &BTreeMap<String, i128>, k: &str| m.get(k).copied().unwrap_or(0);
     let resources = linux_resources_of(
         requests.get("cpu").copied(),
-        get(&limits, "cpu"),
-        get(&limits, "memory"),
+        amount(&limits, "cpu"),
+        amount(&limits, "memory"),
     );
     let overhead = pod_overhead(pod)?;
     let overhead = if overhead.is_empty() {
         v1::LinuxContainerResources::default()
     } else {
-        let cpu = get(&overhead, "cpu");
-        linux_resources_of(Some(cpu), cpu, get(&overhead, "memory"))
+        let cpu = amount(&overhead, "cpu");
+        linux_resources_of(Some(cpu), cpu, amount(&overhead, "memory"))
     };
     Ok((resources, overhead))
 }
@@ -543,10 +548,7 @@ fn sandbox_resources(
 /// a quantity does not parse ([`sandbox_config`] reports it).
 pub fn pod_cpu_request_millis(pod: &Pod) -> i64 {
     let requests = effective_resources(pod, |r| &r.requests, Overhead::Add).unwrap_or_default();
-    saturate(ceil_div(
-        requests.get("cpu").copied().unwrap_or(0),
-        MILLI_NANO,
-    ))
+    to_milli(amount(&requests, "cpu"))
 }
 
 /// The pod cgroup's limits (see [`PodResources`]); `node` gives the huge page sizes.
@@ -559,11 +561,9 @@ pub fn pod_resources(pod: &Pod, node: &NodeInfo) -> Result<PodResources> {
         cpu_limited &= r.limit("cpu") > 0;
         memory_limited &= r.limit("memory") > 0;
     }
-    let to_milli = |n: i128| saturate(ceil_div(n, MILLI_NANO));
-    let get = |m: &BTreeMap<String, i128>, k: &str| m.get(k).copied().unwrap_or(0);
-    let cpu_shares = milli_cpu_to_shares(to_milli(get(&requests, "cpu"))) as u64;
-    let cpu_quota = Some(milli_cpu_to_quota(to_milli(get(&limits, "cpu"))));
-    let memory_limit = Some(saturate(ceil_div(get(&limits, "memory"), NANO)));
+    let cpu_shares = milli_cpu_to_shares(to_milli(amount(&requests, "cpu"))) as u64;
+    let cpu_quota = Some(milli_cpu_to_quota(to_milli(amount(&limits, "cpu"))));
+    let memory_limit = Some(saturate(ceil_div(amount(&limits, "memory"), NANO)));
     let mut out = PodResources {
         cpu_shares,
         ..Default::default()
@@ -1428,12 +1428,22 @@ fn deprecated_apparmor_name(p: &v1::SecurityProfile) -> String {
 // Resources
 
 /// Least and most `cpu.shares` the kernel takes; least CFS quota kubelet sets.
-const MIN_SHARES: i64 = 2;
+pub(crate) const MIN_SHARES: i64 = 2;
 const MAX_SHARES: i64 = 262_144;
 const CPU_PERIOD: i64 = 100_000;
 const MIN_QUOTA: i64 = 1_000;
 
-fn milli_cpu_to_shares(milli: i64) -> i64 {
+/// A quantity in 10⁻⁹ units as whole millis, rounded up.
+fn to_milli(nanos: i128) -> i64 {
+    saturate(ceil_div(nanos, MILLI_NANO))
+}
+
+/// One resource of a map of effective requests or limits; 0 when unset.
+fn amount(m: &BTreeMap<String, i128>, name: &str) -> i128 {
+    m.get(name).copied().unwrap_or(0)
+}
+
+pub(crate) fn milli_cpu_to_shares(milli: i64) -> i64 {
     if milli <= 0 {
         return MIN_SHARES;
     }
@@ -1505,7 +1515,6 @@ fn linux_resources(
     node: &NodeInfo,
 ) -> Result<v1::LinuxContainerResources> {
     let r = Resources::of(pod, &container_path(kind, c), c)?;
-    let to_milli = |n: i128| saturate(ceil_div(n, MILLI_NANO));
     let cpu_request = to_milli(r.request("cpu"));
     let cpu_limit = to_milli(r.limit("cpu"));
     let mut out = v1::LinuxContainerResources {
