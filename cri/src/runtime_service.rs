@@ -402,17 +402,7 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
                 .to_string(),
             );
         }
-        let runtime_handlers = cfg
-            .handlers
-            .keys()
-            .map(|name| v1::RuntimeHandler {
-                name: name.clone(),
-                features: Some(v1::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
-                }),
-            })
-            .collect();
+        let runtime_handlers = runtime_handlers(cfg.handlers.keys(), &cfg.default_handler);
         Ok(Response::new(v1::StatusResponse {
             status: Some(v1::RuntimeStatus {
                 conditions: self.runtime.conditions(),
@@ -495,5 +485,50 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         _req: Request<v1::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<v1::UpdatePodSandboxResourcesResponse>, Status> {
         Err(not_built("UpdatePodSandboxResources"))
+    }
+}
+
+/// The handlers `Status` lists: each configured one, and the default once more under
+/// the name "" (what a pod naming no RuntimeClass gets, as containerd lists it), so the
+/// kubelet can look up the default handler's features.
+fn runtime_handlers<'a>(
+    names: impl Iterator<Item = &'a String>,
+    default: &str,
+) -> Vec<v1::RuntimeHandler> {
+    let features = || {
+        Some(v1::RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        })
+    };
+    let mut out: Vec<v1::RuntimeHandler> = names
+        .map(|name| v1::RuntimeHandler {
+            name: name.clone(),
+            features: features(),
+        })
+        .collect();
+    if out.iter().any(|h| h.name == default) {
+        out.push(v1::RuntimeHandler {
+            name: String::new(),
+            features: features(),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_handler_is_listed_under_the_empty_name() {
+        let names = ["crun".to_string(), "runc".to_string()];
+        let got: Vec<String> = runtime_handlers(names.iter(), "runc")
+            .into_iter()
+            .map(|h| h.name)
+            .collect();
+        assert_eq!(got, ["crun", "runc", ""]);
+        let got = runtime_handlers(names.iter(), "kata");
+        assert_eq!(got.len(), 2, "no default entry for an unknown default");
     }
 }

@@ -50,17 +50,34 @@ pub struct CriServer {
     pub root: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    spawn: Spawn,
+}
+
+/// How the server process is started, beyond its flags.
+#[derive(Debug, Clone, Default)]
+pub struct Spawn {
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Capabilities (kernel numbers) dropped from the server's bounding set before it
+    /// starts, as in a nested container or a kind node whose set lacks some.
+    pub drop_bounding_caps: Vec<u32>,
 }
 
 impl CriServer {
     /// Starts `cri` with state under `root` (kept across restarts) and extra flags.
     pub fn start(root: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(root, args, Spawn::default())
+    }
+
+    /// [`CriServer::start`] with a process set up as `spawn` says (kept across restarts).
+    pub fn start_with(root: &Path, args: &[&str], spawn: Spawn) -> anyhow::Result<Self> {
         let mut server = Self {
             child: None,
             socket: root.join("cri.sock"),
             root: root.to_path_buf(),
             log: root.join("cri.log"),
             args: args.iter().map(|s| s.to_string()).collect(),
+            spawn,
         };
         server.spawn()?;
         Ok(server)
@@ -71,7 +88,23 @@ impl CriServer {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(binary("cri")?)
+        let mut cmd = Command::new(binary("cri")?);
+        let drop = self.spawn.drop_bounding_caps.clone();
+        if !drop.is_empty() {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: only prctl(2) between fork and exec, no allocation.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for cap in &drop {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, *cap as libc::c_ulong, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(self.root.join("cri.toml"))
             .arg("--socket")
@@ -82,6 +115,7 @@ impl CriServer {
             .arg(self.root.join("state"))
             .args(&self.args)
             .env("RUST_LOG", "info,cri=debug")
+            .envs(self.spawn.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

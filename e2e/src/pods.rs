@@ -59,6 +59,11 @@ impl PodNode {
     /// Starts `cri` with a CNI network of its own (bridge `nlt<n>`, a /24 of
     /// 10.244.0.0/16 no other test uses) and the busybox images preloaded.
     pub fn start(extra_toml: &str) -> anyhow::Result<Self> {
+        Self::start_with(extra_toml, crate::cri::Spawn::default())
+    }
+
+    /// [`PodNode::start`] with the server process set up as `spawn` says.
+    pub fn start_with(extra_toml: &str, spawn: crate::cri::Spawn) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let net = crate::kubelet::TestNetwork::create(dir.path(), "nlt", 244)?;
         let preload = dir.path().join("preload");
@@ -83,7 +88,7 @@ impl PodNode {
             net_d.display()
         );
         CriServer::write_config(dir.path(), &toml)?;
-        let cri = CriServer::start(dir.path(), &[])?;
+        let cri = CriServer::start_with(dir.path(), &[], spawn)?;
         Ok(Self {
             cri,
             subnet: net.subnet.clone(),

@@ -984,6 +984,13 @@ async fn runtime_status_and_config() -> R {
         assert!(cond.is_some_and(|c| c.status), "{want}: {conds:?}");
     }
     assert!(st.runtime_handlers.iter().any(|h| h.name == "runc"));
+    // The default handler once more as "": what the kubelet looks up for a pod that
+    // names no RuntimeClass.
+    assert!(
+        st.runtime_handlers.iter().any(|h| h.name.is_empty()),
+        "{:?}",
+        st.runtime_handlers
+    );
     let cfg = c
         .runtime_config(v1::RuntimeConfigRequest {})
         .await?

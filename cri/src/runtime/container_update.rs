@@ -22,7 +22,7 @@ impl Runtime {
             )));
         }
         let dir = self.containers.dir_of(&c.id);
-        let doc = oci_resources(&resources);
+        let doc = oci_resources(&resources, self.host.hugetlb_controller);
         if c.unstarted() {
             update_bundle(&dir.join("config.json"), &doc)?;
             self.containers.update(&c.id, |c| c.resources = resources)?;
@@ -57,8 +57,9 @@ fn update_bundle(spec_path: &std::path::Path, doc: &serde_json::Value) -> Result
     std::fs::write(spec_path, spec.to_string()).map_err(io_err("writing spec", spec_path))
 }
 
-/// The OCI `LinuxResources` document for CRI resources (zero means "not set").
-pub fn oci_resources(r: &v1::LinuxContainerResources) -> serde_json::Value {
+/// The OCI `LinuxResources` document for CRI resources (zero means "not set"). Hugepage
+/// limits only where the host has the hugetlb controller (else dropped, with a warning).
+pub fn oci_resources(r: &v1::LinuxContainerResources, hugetlb: bool) -> serde_json::Value {
     let mut cpu = serde_json::Map::new();
     if r.cpu_shares > 0 {
         cpu.insert("shares".into(), r.cpu_shares.into());
@@ -88,6 +89,16 @@ pub fn oci_resources(r: &v1::LinuxContainerResources) -> serde_json::Value {
     if !r.unified.is_empty() {
         doc.insert("unified".into(), serde_json::json!(r.unified));
     }
+    if !r.hugepage_limits.is_empty() && !hugetlb {
+        super::spec::warn_hugetlb_missing(&r.hugepage_limits);
+    } else if !r.hugepage_limits.is_empty() {
+        let limits: Vec<serde_json::Value> = r
+            .hugepage_limits
+            .iter()
+            .map(|h| serde_json::json!({ "pageSize": h.page_size, "limit": h.limit }))
+            .collect();
+        doc.insert("hugepageLimits".into(), limits.into());
+    }
     doc.into()
 }
 
@@ -105,12 +116,30 @@ mod tests {
             cpuset_cpus: "0".into(),
             ..Default::default()
         };
-        let doc = oci_resources(&r);
+        let doc = oci_resources(&r, true);
         assert_eq!(doc["cpu"]["quota"], 50_000);
         assert_eq!(doc["cpu"]["shares"], 512);
         assert_eq!(doc["cpu"]["cpus"], "0");
         assert_eq!(doc["memory"]["limit"], 64 << 20);
         assert!(doc["memory"].get("swap").is_none());
         assert!(doc.get("unified").is_none());
+        assert!(doc.get("hugepageLimits").is_none());
+
+        let huge = v1::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            hugepage_limits: vec![v1::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
+            ..Default::default()
+        };
+        let with = oci_resources(&huge, true);
+        assert_eq!(
+            with["hugepageLimits"],
+            serde_json::json!([{ "pageSize": "2MB", "limit": 0 }])
+        );
+        let without = oci_resources(&huge, false);
+        assert!(without.get("hugepageLimits").is_none());
+        assert_eq!(without["memory"]["limit"], 64 << 20);
     }
 }

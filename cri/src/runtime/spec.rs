@@ -87,6 +87,15 @@ pub struct HostLimits {
     pub seccomp_supported: bool,
     /// AppArmor is enabled and its securityfs is mounted.
     pub apparmor_enabled: bool,
+    /// The capabilities this server itself may hand out: its bounding set (and permitted
+    /// set) as the kernel reports them. What "privileged" and `ALL` grant, as with
+    /// containerd and CRI-O: in a nested container or a kind node the set lacks some of
+    /// what the kernel defines, and asking runc for those fails every start.
+    pub capabilities: Capabilities,
+    /// The hugetlb cgroup controller is available. Without it, hugepage limits are
+    /// dropped with a warning (containerd's `tolerate_missing_hugetlb_controller`):
+    /// the kubelet sends one per page size the kernel has, controller or not.
+    pub hugetlb_controller: bool,
 }
 
 impl HostLimits {
@@ -120,9 +129,21 @@ impl HostLimits {
                 1024
             }
         };
-        let seccomp_supported = fs::read_to_string("/proc/self/status")
-            .map(|s| s.lines().any(|l| l.starts_with("Seccomp:")))
-            .unwrap_or(false);
+        let status = fs::read_to_string("/proc/self/status").unwrap_or_else(|err| {
+            warn!(?err, "cannot read /proc/self/status");
+            String::new()
+        });
+        let seccomp_supported = status.lines().any(|l| l.starts_with("Seccomp:"));
+        let capabilities = own_capabilities(&status).unwrap_or_else(|| {
+            warn!(
+                "no CapBnd/CapPrm in /proc/self/status, granting every capability the kernel has"
+            );
+            kernel_capabilities()
+        });
+        let hugetlb_controller = hugetlb_available();
+        if !hugetlb_controller {
+            debug!("no hugetlb cgroup controller: hugepage limits will be dropped");
+        }
         let apparmor_enabled = fs::read_to_string("/sys/module/apparmor/parameters/enabled")
             .map(|s| s.trim() == "Y")
             .unwrap_or(false)
@@ -132,10 +153,57 @@ impl HostLimits {
             max_nofile,
             seccomp_supported,
             apparmor_enabled,
+            capabilities,
+            hugetlb_controller,
         };
         debug!(?host, "detected host limits");
         host
     }
+}
+
+/// The capabilities both in this process's bounding and permitted sets (hex masks of
+/// `/proc/self/status`), limited to those the kernel has and oci-spec can name.
+fn own_capabilities(status: &str) -> Option<Capabilities> {
+    let mask = |key: &str| {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        u64::from_str_radix(line[key.len()..].trim(), 16).ok()
+    };
+    let allowed = mask("CapBnd:")? & mask("CapPrm:")?;
+    let kernel = kernel_capabilities();
+    Some(
+        KERNEL_CAPS
+            .iter()
+            .enumerate()
+            .filter(|(bit, cap)| allowed & (1u64 << bit) != 0 && kernel.contains(cap))
+            .map(|(_, cap)| *cap)
+            .collect(),
+    )
+}
+
+/// Whether hugepage limits can be set: on cgroup v2, `hugetlb` among the root's
+/// controllers; on v1, a mounted hierarchy with the `hugetlb` controller.
+fn hugetlb_available() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    if let Ok(controllers) = fs::read_to_string(root.join("cgroup.controllers")) {
+        return controllers.split_whitespace().any(|c| c == "hugetlb");
+    }
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| mountinfo_has_v1_controller(&m, "hugetlb"))
+        .unwrap_or(false)
+}
+
+/// A cgroup (v1) mount whose super options name `controller`.
+fn mountinfo_has_v1_controller(mountinfo: &str, controller: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let Some((_, tail)) = line.split_once(" - ") else {
+            return false;
+        };
+        let mut fields = tail.split_whitespace();
+        fields.next() == Some("cgroup")
+            && fields
+                .nth(1)
+                .is_some_and(|opts| opts.split(',').any(|o| o == controller))
+    })
 }
 
 /// The hard limit of the "Max open files" line of `/proc/<pid>/limits`.
@@ -351,6 +419,12 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec> {
         .and_then(|l| l.security_context.as_ref())
         .unwrap_or(&default_sc);
     let resources = config.linux.as_ref().and_then(|l| l.resources.as_ref());
+    if sc.run_as_group.is_some() && sc.run_as_user.is_none() && sc.run_as_username.is_empty() {
+        // As containerd: a group alone is not a user (the kubelet resolves one first).
+        return Err(invalid(
+            "run_as_group is set without run_as_user or run_as_username",
+        ));
+    }
     let privileged = sc.privileged;
     if privileged && !sandbox_privileged(input.sandbox) {
         return Err(invalid(
@@ -371,7 +445,11 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec> {
     );
     let cwd = working_dir(config, image)?;
     let user = resolve_user(input.rootfs, &UserRequest::from_container(sc, image_user))?;
-    let caps = capability_sets(sc.capabilities.as_ref(), privileged)?;
+    let caps = capability_sets(
+        sc.capabilities.as_ref(),
+        privileged,
+        &input.host.capabilities,
+    )?;
     let seccomp = {
         let choice = seccomp_choice(
             sc.seccomp.as_ref(),
@@ -445,7 +523,7 @@ pub fn container_spec(input: &ContainerInput<'_>) -> Result<Spec> {
         .set_uid_mappings(None)
         .set_gid_mappings(None)
         .set_sysctl(None)
-        .set_resources(Some(linux_resources(resources, rules)?))
+        .set_resources(Some(linux_resources(resources, rules, input.host)?))
         .set_cgroups_path(non_empty(input.cgroups_path).map(PathBuf::from))
         .set_namespaces(Some(linux_namespaces(input.namespaces)?))
         .set_devices(Some(devices))
@@ -574,7 +652,11 @@ pub fn sandbox_spec(input: &SandboxInput<'_>) -> Result<Spec> {
         .set_uid_mappings(None)
         .set_gid_mappings(None)
         .set_sysctl((!sysctls.is_empty()).then_some(sysctls))
-        .set_resources(Some(linux_resources(None, default_device_rules()?)?))
+        .set_resources(Some(linux_resources(
+            None,
+            default_device_rules()?,
+            input.host,
+        )?))
         .set_cgroups_path(non_empty(input.cgroups_path).map(PathBuf::from))
         .set_namespaces(Some(linux_namespaces(input.namespaces)?))
         .set_devices(Some(Vec::new()))
@@ -1095,25 +1177,45 @@ impl CapabilitySets {
 }
 
 /// Default set, then "ALL" in add (everything) or drop (nothing), then individual adds,
-/// then individual drops. Privileged: every capability of the kernel, add/drop ignored.
-fn capability_sets(caps: Option<&v1::Capability>, privileged: bool) -> Result<CapabilitySets> {
+/// then individual drops. Privileged: everything, add/drop ignored. "Everything" is
+/// `host`, the capabilities this server may hand out (its bounding set), not all the
+/// kernel defines; the defaults are cut to it too. An explicit add of a capability
+/// outside it is refused by name (the OCI runtime would fail the start).
+fn capability_sets(
+    caps: Option<&v1::Capability>,
+    privileged: bool,
+    host: &Capabilities,
+) -> Result<CapabilitySets> {
     let none = v1::Capability::default();
     let caps = caps.unwrap_or(&none);
     let is_all = |c: &String| c.eq_ignore_ascii_case("ALL");
+    let grantable = |name: &String| {
+        let cap = parse_capability(name)?;
+        if host.contains(&cap) {
+            Ok(cap)
+        } else {
+            Err(invalid(format!(
+                "capability {name:?} is not in the runtime's bounding set"
+            )))
+        }
+    };
     let mut granted: Capabilities = if privileged {
-        kernel_capabilities()
+        host.clone()
     } else {
-        DEFAULT_CAPS.into_iter().collect()
+        DEFAULT_CAPS
+            .into_iter()
+            .filter(|c| host.contains(c))
+            .collect()
     };
     if !privileged {
         if caps.add_capabilities.iter().any(is_all) {
-            granted = kernel_capabilities();
+            granted = host.clone();
         }
         if caps.drop_capabilities.iter().any(is_all) {
             granted.clear();
         }
         for c in caps.add_capabilities.iter().filter(|c| !is_all(c)) {
-            granted.insert(parse_capability(c)?);
+            granted.insert(grantable(c)?);
         }
         for c in caps.drop_capabilities.iter().filter(|c| !is_all(c)) {
             granted.remove(&parse_capability(c)?);
@@ -1121,7 +1223,7 @@ fn capability_sets(caps: Option<&v1::Capability>, privileged: bool) -> Result<Ca
     }
     let mut ambient = Capabilities::new();
     for c in &caps.add_ambient_capabilities {
-        let cap = parse_capability(c)?;
+        let cap = grantable(c)?;
         granted.insert(cap);
         ambient.insert(cap);
     }
@@ -1567,6 +1669,7 @@ fn linux_namespaces(ns: &Namespaces) -> Result<Vec<LinuxNamespace>> {
 fn linux_resources(
     r: Option<&v1::LinuxContainerResources>,
     devices: Vec<LinuxDeviceCgroup>,
+    host: &HostLimits,
 ) -> Result<LinuxResources> {
     let mut out = LinuxResources::default();
     out.set_devices(Some(devices));
@@ -1605,7 +1708,9 @@ fn linux_resources(
     if memory != LinuxMemory::default() {
         out.set_memory(Some(memory));
     }
-    if !r.hugepage_limits.is_empty() {
+    if !r.hugepage_limits.is_empty() && !host.hugetlb_controller {
+        warn_hugetlb_missing(&r.hugepage_limits);
+    } else if !r.hugepage_limits.is_empty() {
         let mut limits = Vec::new();
         for h in &r.hugepage_limits {
             let limit = i64::try_from(h.limit).map_err(|_| {
@@ -1629,6 +1734,15 @@ fn linux_resources(
         ));
     }
     Ok(out)
+}
+
+/// Hugepage limits asked for on a host without the hugetlb controller are dropped.
+pub(crate) fn warn_hugetlb_missing(limits: &[v1::HugepageLimit]) {
+    let sizes: Vec<&str> = limits.iter().map(|h| h.page_size.as_str()).collect();
+    warn!(
+        page_sizes = ?sizes,
+        "no hugetlb cgroup controller on this host: hugepage limits dropped"
+    );
 }
 
 /// Only namespaced sysctls may be set for a pod, and none of a namespace it shares with
@@ -1918,6 +2032,8 @@ mod tests {
             max_nofile: 20_000,
             seccomp_supported: true,
             apparmor_enabled: false,
+            capabilities: KERNEL_CAPS.into_iter().collect(),
+            hugetlb_controller: true,
         }
     }
 
@@ -2050,6 +2166,22 @@ mod tests {
 
     fn process(spec: &Spec) -> &Process {
         spec.process().as_ref().expect("process")
+    }
+
+    #[test]
+    fn run_as_group_needs_a_user() {
+        let mut f = Fixture::new();
+        f.sc().run_as_group = Some(v1::Int64Value { value: 3000 });
+        let err = f.spec().expect_err("group alone");
+        assert_eq!(
+            err.to_string(),
+            "run_as_group is set without run_as_user or run_as_username"
+        );
+        f.sc().run_as_username = "root".into();
+        f.spec().expect("group with a user name");
+        f.sc().run_as_username = String::new();
+        f.sc().run_as_user = Some(v1::Int64Value { value: 0 });
+        f.spec().expect("group with a uid");
     }
 
     fn linux(spec: &Spec) -> &oci_spec::runtime::Linux {
@@ -2519,7 +2651,10 @@ mod tests {
                 drop_capabilities: strings(drop),
                 add_ambient_capabilities: vec![],
             };
-            match (capability_sets(Some(&caps), false), want) {
+            match (
+                capability_sets(Some(&caps), false, &host().capabilities),
+                want,
+            ) {
                 (Ok(got), Ok(want)) => {
                     assert_eq!(got.granted, want, "{what}");
                     assert!(got.ambient.is_empty(), "{what}");
@@ -2529,7 +2664,7 @@ mod tests {
             }
         }
 
-        let kernel = kernel_capabilities();
+        let kernel: Capabilities = KERNEL_CAPS.into_iter().collect();
         let all_but_chown = capability_sets(
             Some(&v1::Capability {
                 add_capabilities: strings(&["ALL"]),
@@ -2537,12 +2672,13 @@ mod tests {
                 add_ambient_capabilities: vec![],
             }),
             false,
+            &kernel,
         )
         .expect("ALL");
         assert_eq!(all_but_chown.granted.len(), kernel.len() - 1);
         assert!(!all_but_chown.granted.contains(&Capability::Chown));
 
-        // Privileged: every kernel capability; add/drop ignored.
+        // Privileged: every capability the runtime has; add/drop ignored.
         let privileged = capability_sets(
             Some(&v1::Capability {
                 add_capabilities: vec![],
@@ -2550,6 +2686,7 @@ mod tests {
                 add_ambient_capabilities: vec![],
             }),
             true,
+            &kernel,
         )
         .expect("privileged");
         assert_eq!(privileged.granted, kernel);
@@ -2557,8 +2694,46 @@ mod tests {
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
         {
-            assert_eq!(kernel.len(), (last + 1).min(KERNEL_CAPS.len()));
+            assert_eq!(
+                kernel_capabilities().len(),
+                (last + 1).min(KERNEL_CAPS.len())
+            );
         }
+
+        // A runtime whose bounding set lacks SYS_ADMIN and NET_RAW (a nested container):
+        // privileged and ALL mean what it has; the defaults lose NET_RAW; an explicit
+        // add of what it lacks is refused by name.
+        let mut narrow = kernel.clone();
+        narrow.remove(&Capability::SysAdmin);
+        narrow.remove(&Capability::NetRaw);
+        let p = capability_sets(None, true, &narrow).expect("privileged");
+        assert_eq!(p.granted, narrow);
+        let all = capability_sets(
+            Some(&v1::Capability {
+                add_capabilities: strings(&["ALL"]),
+                ..Default::default()
+            }),
+            false,
+            &narrow,
+        )
+        .expect("ALL");
+        assert_eq!(all.granted, narrow);
+        let defaults = capability_sets(None, false, &narrow).expect("defaults");
+        assert_eq!(defaults.granted.len(), DEFAULT_CAPS.len() - 1);
+        assert!(!defaults.granted.contains(&Capability::NetRaw));
+        let err = capability_sets(
+            Some(&v1::Capability {
+                add_capabilities: strings(&["SYS_ADMIN"]),
+                ..Default::default()
+            }),
+            false,
+            &narrow,
+        )
+        .expect_err("outside the bounding set");
+        assert_eq!(
+            err.to_string(),
+            "capability \"SYS_ADMIN\" is not in the runtime's bounding set"
+        );
 
         // Ambient caps are granted and inheritable too.
         let ambient = capability_sets(
@@ -2568,6 +2743,7 @@ mod tests {
                 add_ambient_capabilities: strings(&["NET_BIND_SERVICE"]),
             }),
             false,
+            &kernel,
         )
         .expect("ambient");
         let one: Capabilities = [Capability::NetBindService].into_iter().collect();
@@ -2944,6 +3120,29 @@ mod tests {
     }
 
     #[test]
+    fn own_capabilities_and_hugetlb_from_proc() {
+        // CapBnd lacks bit 21 (SYS_ADMIN); CapPrm lacks bit 13 (NET_RAW).
+        let full: u64 = (1 << 41) - 1;
+        let status = format!(
+            "Name:\tcri\nCapPrm:\t{:016x}\nCapBnd:\t{:016x}\nSeccomp:\t0\n",
+            full & !(1 << 13),
+            full & !(1 << 21)
+        );
+        let caps = own_capabilities(&status).expect("caps");
+        assert!(!caps.contains(&Capability::SysAdmin));
+        assert!(!caps.contains(&Capability::NetRaw));
+        assert!(caps.contains(&Capability::Chown));
+        assert_eq!(own_capabilities("Name:\tx\n"), None);
+
+        let v1_with = "30 25 0:26 / /sys/fs/cgroup/hugetlb rw,nosuid - cgroup cgroup rw,hugetlb\n";
+        let v1_without = "30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n\
+            31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert!(mountinfo_has_v1_controller(v1_with, "hugetlb"));
+        assert!(!mountinfo_has_v1_controller(v1_without, "hugetlb"));
+        assert!(!mountinfo_has_v1_controller("garbage", "hugetlb"));
+    }
+
+    #[test]
     fn resources_mapping() {
         let r = v1::LinuxContainerResources {
             cpu_period: 100_000,
@@ -2961,7 +3160,7 @@ mod tests {
                 .collect(),
             ..Default::default()
         };
-        let out = linux_resources(Some(&r), vec![]).expect("resources");
+        let out = linux_resources(Some(&r), vec![], &host()).expect("resources");
         let cpu = out.cpu().clone().expect("cpu");
         assert_eq!(cpu.period(), Some(100_000));
         assert_eq!(cpu.quota(), Some(50_000));
@@ -2985,16 +3184,30 @@ mod tests {
         );
         assert!(out.pids().is_none());
 
+        // No hugetlb controller: the limits go (the kubelet sends them regardless), the
+        // rest stays.
+        let no_hugetlb = HostLimits {
+            hugetlb_controller: false,
+            ..host()
+        };
+        let out = linux_resources(Some(&r), vec![], &no_hugetlb).expect("no hugetlb");
+        assert_eq!(out.hugepage_limits(), &None);
+        assert_eq!(out.memory().expect("memory").limit(), Some(64 << 20));
+
         let swap = v1::LinuxContainerResources {
             memory_limit_in_bytes: 1 << 20,
             memory_swap_limit_in_bytes: 2 << 20,
             ..Default::default()
         };
-        let out = linux_resources(Some(&swap), vec![]).expect("swap");
+        let out = linux_resources(Some(&swap), vec![], &host()).expect("swap");
         assert_eq!(out.memory().and_then(|m| m.swap()), Some(2 << 20));
 
-        let empty =
-            linux_resources(Some(&v1::LinuxContainerResources::default()), vec![]).expect("empty");
+        let empty = linux_resources(
+            Some(&v1::LinuxContainerResources::default()),
+            vec![],
+            &host(),
+        )
+        .expect("empty");
         assert!(empty.cpu().is_none() && empty.memory().is_none());
 
         let bad = v1::LinuxContainerResources {
@@ -3002,7 +3215,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            linux_resources(Some(&bad), vec![]),
+            linux_resources(Some(&bad), vec![], &host()),
             Err(Error::InvalidArgument(_))
         ));
     }
