@@ -89,6 +89,7 @@ impl Runtime {
             gid: 0,
             groups: vec![],
             stop_signal,
+            image_volumes: vec![],
         };
         self.containers.reserve(&record)?;
         let _guard = self.lock(&id).await;
@@ -103,6 +104,7 @@ impl Runtime {
             }
             Err(e) => {
                 let dir = self.containers.dir_of(&id);
+                let _ = super::image_volume::unmount_image_volumes(&dir);
                 let _ = Rootfs::new(&dir).unmount();
                 let _ = self.containers.remove(&id);
                 self.containers.release(&record);
@@ -130,10 +132,12 @@ impl Runtime {
             }
         }
         let namespaces = self.container_namespaces(sb, &record.config)?;
+        let (config, image_volumes) = self.prepare_image_volumes(&dir, &record.config)?;
+        record.image_volumes = image_volumes;
         let spec = spec::container_spec(&spec::ContainerInput {
             id: &record.id,
             sandbox_id: &sb.id,
-            config: &record.config,
+            config: &config,
             sandbox: &sb.config,
             image: image_config,
             rootfs: &rootfs.target,

@@ -56,7 +56,7 @@ impl Runtime {
             message: c.message.clone(),
             labels: c.config.labels.clone(),
             annotations: c.config.annotations.clone(),
-            mounts: c.config.mounts.clone(),
+            mounts: super::image_volume::status_mounts(&c.config.mounts, &c.image_volumes),
             log_path: c.log_path.clone(),
             resources: Some(v1::ContainerResources {
                 linux: Some(c.resources.clone()),
@@ -112,7 +112,9 @@ impl Runtime {
         self.containers
             .list()
             .into_iter()
-            .find(|c| c.image_id == image_id)
+            .find(|c| {
+                c.image_id == image_id || c.image_volumes.iter().any(|v| v.image_id == image_id)
+            })
             .map(|c| c.id)
     }
 }

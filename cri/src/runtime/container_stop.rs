@@ -149,7 +149,9 @@ impl Runtime {
             let handler = self.handler(&c.handler)?.clone();
             handler.delete(&c.id).await?;
         }
-        Rootfs::new(&self.containers.dir_of(&c.id)).unmount()?;
+        let dir = self.containers.dir_of(&c.id);
+        super::image_volume::unmount_image_volumes(&dir)?;
+        Rootfs::new(&dir).unmount()?;
         self.containers.remove(&c.id)?;
         self.cpu_samples
             .lock()

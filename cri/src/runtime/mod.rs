@@ -13,6 +13,7 @@
 //! - `oci`: the OCI runtime binary (runc, crun) as named handlers
 
 pub mod cni;
+mod image_volume;
 pub mod logfmt;
 pub mod monitor;
 pub mod netns;

@@ -123,6 +123,9 @@ pub struct Container {
     pub groups: Vec<i64>,
     /// Stop signal number: from the config, else the image, else SIGTERM.
     pub stop_signal: i32,
+    /// Images mounted as volumes (kept from removal while the container exists).
+    #[serde(default)]
+    pub image_volumes: Vec<super::image_volume::ImageVolume>,
 }
 
 impl Container {

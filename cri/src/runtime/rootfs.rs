@@ -197,7 +197,7 @@ fn unescape_mountinfo(s: &str) -> String {
 }
 
 /// overlayfs separates options with `,` and lower dirs with `:`; escape both.
-fn escape(path: &str) -> String {
+pub(super) fn escape(path: &str) -> String {
     path.replace('\\', "\\\\")
         .replace(':', "\\:")
         .replace(',', "\\,")
