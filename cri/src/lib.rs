@@ -11,6 +11,7 @@ pub mod runtime;
 pub mod runtime_service;
 pub mod server;
 pub mod streaming;
+pub mod tls_roots;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -81,6 +81,8 @@ fn main() -> anyhow::Result<()> {
     for m in &args.registry_mirrors {
         config.add_mirror(m)?;
     }
+    // Before any thread exists: it may set SSL_CERT_FILE.
+    cri::tls_roots::ensure(&config.state)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

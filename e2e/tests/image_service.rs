@@ -559,6 +559,62 @@ async fn https_registry_is_trusted_through_ca_files() -> R {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn host_without_ca_certificates_starts_and_pulls_with_its_own_roots() -> R {
+    // A host with no CA store (no ca-certificates package): the TLS stack finds no
+    // system roots. rustls-native-certs reads only SSL_CERT_FILE/SSL_CERT_DIR when they
+    // are set, so pointing both at nothing is that host.
+    let reg = Registry::start(RegistryOptions::default().tls())?;
+    let ca = reg.ca_file().expect("an https registry has a CA");
+    let dir = tempfile::tempdir()?;
+    let layout = app_image("0", "no-ca")?.write_layout(&dir.path().join("img"))?;
+    reg.push(layout.dir(), "bare/img:1")?;
+    let name = reg.image("bare/img:1");
+    let empty = dir.path().join("no-certs");
+    std::fs::create_dir_all(&empty)?;
+    let missing = dir.path().join("no-bundle.pem");
+    let spawn = e2e::cri::Spawn {
+        env: vec![
+            ("SSL_CERT_FILE".into(), missing.display().to_string()),
+            ("SSL_CERT_DIR".into(), empty.display().to_string()),
+        ],
+        ..Default::default()
+    };
+    let start = |toml: &str| -> R<Node> {
+        let d = tempfile::tempdir()?;
+        CriServer::write_config(d.path(), toml)?;
+        let cri = CriServer::start_with(d.path(), &[], spawn.clone())?;
+        Ok(Node { _dir: d, cri })
+    };
+
+    // It starts (it used to panic), says why and what to do, and serves.
+    let bare = start("")?;
+    bare.cri
+        .runtime()
+        .await?
+        .version(v1::VersionRequest::default())
+        .await?;
+    let log = bare.cri.log_text();
+    assert!(
+        log.contains("no usable CA certificates") && log.contains("ca_files"),
+        "{log}"
+    );
+    // The bundled public roots do not vouch for a private CA: a certificate error.
+    let err = bare
+        .pull(&name)
+        .await
+        .expect_err("private CA, no roots for it");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("certificate"), "{}", err.message());
+    bare.assert_empty("no roots").await?;
+
+    // Its own roots in ca_files work with no system store at all.
+    let node = start(&format!("[registry]\nca_files = [{}]\n", toml_path(ca)))?;
+    let id = node.pull(&name).await?;
+    assert_eq!(id, layout.images[0].config.digest);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn host_ca_is_trusted_for_that_host_only_and_https_mirrors_use_the_roots() -> R {
     let a = Registry::start(RegistryOptions::default().tls())?;
     let b = Registry::start(RegistryOptions::default().tls())?;

@@ -82,6 +82,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let cfg = config::Settings::load(&args)?;
+    if cfg.runtime_endpoint.is_none() {
+        // The in-process CRI server pulls over HTTPS; before any thread exists, as it
+        // may set SSL_CERT_FILE.
+        let cri_cfg = cri::Config::load(cfg.cri_config.as_deref())
+            .context("loading the in-process CRI config")?;
+        cri::tls_roots::ensure(&cri_cfg.state)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -154,12 +154,11 @@ fn load_ca_file(path: &Path) -> Result<Certificate> {
 }
 
 /// An oci client speaking plain HTTP to `http_hosts` and trusting `roots` besides the
-/// system's roots.
+/// system's roots (which [`crate::tls_roots::ensure`] made sure exist).
 fn client(
     http_hosts: Vec<String>,
     roots: Vec<Certificate>,
 ) -> std::result::Result<oci_client::Client, OciDistributionError> {
-    let no_roots = roots.is_empty();
     let config = ClientConfig {
         protocol: ClientProtocol::HttpsExcept(http_hosts),
         // Digests are verified by us; platform selection too.
@@ -169,14 +168,8 @@ fn client(
         extra_root_certificates: roots,
         ..Default::default()
     };
-    if no_roots {
-        // `new` falls back to a default client when the system roots cannot be loaded,
-        // which still serves plain-HTTP registries.
-        Ok(oci_client::Client::new(config))
-    } else {
-        // Never that fallback here: it would drop the roots we were told to trust.
-        oci_client::Client::try_from(config)
-    }
+    // Never `Client::new`: its fallback drops the roots we were told to trust.
+    oci_client::Client::try_from(config)
 }
 
 /// Clients by trust: one for the hosts with no roots of their own, one per host with
