@@ -104,7 +104,7 @@ impl Default for CniSection {
         Self {
             conf_dir: "/etc/cni/net.d".into(),
             bin_dirs: vec!["/opt/cni/bin".into(), "/usr/lib/cni".into()],
-            pod_cidr: "10.88.0.0/16".into(),
+            pod_cidr: crate::runtime::cni::DEFAULT_POD_CIDR.into(),
         }
     }
 }

@@ -36,8 +36,10 @@ use super::netns;
 pub const DEFAULT_CONFLIST: &str = "10-nodelet.conflist";
 /// Network name of the default config.
 pub const DEFAULT_NETWORK: &str = "nodelet";
-/// Bridge of the default config.
+/// Bridge of the default config on the default pod CIDR (see [`default_bridge`]).
 pub const DEFAULT_BRIDGE: &str = "nodelet0";
+/// The pod CIDR of the default config unless configured.
+pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
 /// The CNI version of the configs we write.
 pub const CNI_VERSION: &str = "1.0.0";
 
@@ -236,7 +238,7 @@ impl Cni {
         }
         let conflist = default_conflist(
             DEFAULT_NETWORK,
-            DEFAULT_BRIDGE,
+            &default_bridge(&self.cfg.pod_cidr),
             &self.cfg.pod_cidr,
             &self.ipam_data_dir(),
         )?;
@@ -617,6 +619,20 @@ impl Cni {
             Err(err) => Err(io_err("removing cni cache", &path)(err)),
         }
     }
+}
+
+/// The bridge of the default network: `nodelet0` on the default pod CIDR, else one
+/// named after the CIDR (`nodelet-<6 hex of its sha256>`, within the kernel's 15
+/// characters), so two servers on one host with different pod CIDRs (a test node
+/// beside a production one) never fight over one bridge's gateway address.
+pub fn default_bridge(pod_cidr: &str) -> String {
+    use sha2::Digest as _;
+    let cidr = pod_cidr.trim();
+    if cidr == DEFAULT_POD_CIDR {
+        return DEFAULT_BRIDGE.to_string();
+    }
+    let digest = sha2::Sha256::digest(cidr.as_bytes());
+    format!("nodelet-{}", &hex::encode(digest)[..6])
 }
 
 /// The default network: a bridge with host-local IPAM on `pod_cidr` (comma-separated
@@ -1469,6 +1485,17 @@ mod tests {
                 (expect, got) => panic!("{cidr}: expected {expect:?}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn default_bridge_follows_the_pod_cidr() {
+        assert_eq!(default_bridge(DEFAULT_POD_CIDR), DEFAULT_BRIDGE);
+        let a = default_bridge("10.89.0.0/16");
+        let b = default_bridge("10.90.0.0/16");
+        assert_ne!(a, b);
+        assert_ne!(a, DEFAULT_BRIDGE);
+        assert_eq!(a, default_bridge(" 10.89.0.0/16 "), "stable");
+        assert!(a.starts_with("nodelet-") && a.len() <= 15, "{a}");
     }
 
     #[test]
