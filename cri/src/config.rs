@@ -58,6 +58,9 @@ pub struct RuntimeSection {
     pub monitor: Option<PathBuf>,
     /// Where pod network namespaces are pinned (`ip netns` lists /run/netns).
     pub netns_dir: PathBuf,
+    /// The CRIU binary CheckpointContainer has the OCI runtime use: an absolute path or
+    /// a name looked up in PATH.
+    pub criu: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -95,6 +98,7 @@ impl Default for RuntimeSection {
             infra_for_every_pod: false,
             monitor: None,
             netns_dir: "/run/netns".into(),
+            criu: "criu".into(),
         }
     }
 }
@@ -245,6 +249,7 @@ impl Config {
                 .unwrap_or_else(|| exe_dir.join("cri-monitor")),
             pause: exe_dir.join("cri-pause"),
             netns_dir: self.runtime.netns_dir.clone(),
+            criu: find_binary(&self.runtime.criu),
             cni: crate::runtime::cni::CniConfig {
                 conf_dir: self.cni.conf_dir.clone(),
                 bin_dirs: self.cni.bin_dirs.clone(),

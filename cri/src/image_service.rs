@@ -230,7 +230,7 @@ impl v1::image_service_server::ImageService for ImageService {
         };
         Ok(Response::new(v1::ImageFsInfoResponse {
             image_filesystems: vec![fs],
-            container_filesystems: vec![],
+            container_filesystems: vec![self.runtime.writable_layers_usage()],
         }))
     }
 }

@@ -32,10 +32,6 @@ impl RuntimeService {
     }
 }
 
-fn not_built(rpc: &str) -> Status {
-    Status::unimplemented(format!("{rpc} is not implemented by this runtime yet"))
-}
-
 fn status(e: impl Into<Error>) -> Status {
     e.into().into()
 }
@@ -415,9 +411,14 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
 
     async fn checkpoint_container(
         &self,
-        _req: Request<v1::CheckpointContainerRequest>,
+        req: Request<v1::CheckpointContainerRequest>,
     ) -> Result<Response<v1::CheckpointContainerResponse>, Status> {
-        Err(not_built("CheckpointContainer"))
+        let req = req.into_inner();
+        self.runtime
+            .checkpoint_container(&req.container_id, &req.location, req.timeout)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::CheckpointContainerResponse {}))
     }
 
     type GetContainerEventsStream = Stream<v1::ContainerEventResponse>;
@@ -450,14 +451,18 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _req: Request<v1::ListMetricDescriptorsRequest>,
     ) -> Result<Response<v1::ListMetricDescriptorsResponse>, Status> {
-        Err(not_built("ListMetricDescriptors"))
+        Ok(Response::new(v1::ListMetricDescriptorsResponse {
+            descriptors: crate::runtime::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<v1::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<v1::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_built("ListPodSandboxMetrics"))
+        Ok(Response::new(v1::ListPodSandboxMetricsResponse {
+            pod_metrics: self.runtime.list_pod_sandbox_metrics(),
+        }))
     }
 
     type StreamPodSandboxMetricsStream = Stream<v1::StreamPodSandboxMetricsResponse>;
@@ -466,7 +471,13 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
         &self,
         _req: Request<v1::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(not_built("StreamPodSandboxMetrics"))
+        // One snapshot, sent in chunks, then the end of the stream (as containerd).
+        Ok(Response::new(chunked(
+            self.runtime.list_pod_sandbox_metrics(),
+            |pod_sandbox_metrics| v1::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
     }
 
     async fn runtime_config(
@@ -482,9 +493,14 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
 
     async fn update_pod_sandbox_resources(
         &self,
-        _req: Request<v1::UpdatePodSandboxResourcesRequest>,
+        req: Request<v1::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<v1::UpdatePodSandboxResourcesResponse>, Status> {
-        Err(not_built("UpdatePodSandboxResources"))
+        let req = req.into_inner();
+        self.runtime
+            .update_pod_sandbox_resources(&req.pod_sandbox_id, req.overhead, req.resources)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::UpdatePodSandboxResourcesResponse {}))
     }
 }
 

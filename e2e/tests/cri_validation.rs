@@ -483,3 +483,298 @@ async fn two_servers_with_different_pod_cidrs_each_get_their_own_bridge() -> R {
     }
     result
 }
+
+fn metric_value(m: &[v1::Metric], name: &str) -> Option<u64> {
+    m.iter()
+        .find(|x| x.name == name)
+        .and_then(|x| x.value.as_ref())
+        .map(|v| v.value)
+}
+
+#[tokio::test]
+async fn pod_metrics_describe_and_report_what_the_pod_uses() -> R {
+    let node = PodNode::start("")?;
+    let mut c = node.client().await?;
+    let descriptors = c
+        .list_metric_descriptors(v1::ListMetricDescriptorsRequest {})
+        .await?
+        .into_inner()
+        .descriptors;
+    let described = |name: &str| descriptors.iter().find(|d| d.name == name).cloned();
+    let ws = described("container_memory_working_set_bytes").expect("working set described");
+    assert_eq!(
+        ws.label_keys,
+        ["pod", "namespace", "container", "id", "image"]
+    );
+
+    let pc = pod_config(&node, "metrics");
+    let pod = run_pod(&mut c, &pc).await?;
+    // 8 MiB in the writable layer, a busy process, and traffic on eth0 to the bridge.
+    let mut app = shell(
+        "app",
+        "dd if=/dev/zero of=/big bs=1M count=8 2>/dev/null; ping -c 3 -i 0.2 \"$GW\" >/dev/null 2>&1; echo ready; sleep 1000",
+    );
+    let gw = node.subnet.trim_end_matches("0/24").to_string() + "1";
+    app.envs = vec![v1::KeyValue {
+        key: "GW".into(),
+        value: gw,
+    }];
+    app.linux = Some(v1::LinuxContainerConfig {
+        resources: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        }),
+        security_context: None,
+    });
+    let ctr = start(&mut c, &pod, &pc, app).await?;
+    e2e::pods::wait_for_text(
+        &node.log_dir("metrics").join("app.log"),
+        "ready",
+        Duration::from_secs(60),
+    )
+    .await?;
+
+    let all = c
+        .list_pod_sandbox_metrics(v1::ListPodSandboxMetricsRequest {})
+        .await?
+        .into_inner()
+        .pod_metrics;
+    let pm = all
+        .iter()
+        .find(|p| p.pod_sandbox_id == pod)
+        .expect("the pod's metrics");
+    let cm = pm
+        .container_metrics
+        .iter()
+        .find(|m| m.container_id == ctr)
+        .expect("the container's metrics");
+    for m in pm.metrics.iter().chain(&cm.metrics) {
+        let d = described(&m.name).unwrap_or_else(|| panic!("{} is not described", m.name));
+        assert_eq!(m.label_values.len(), d.label_keys.len(), "{m:?}");
+    }
+    let ws = metric_value(&cm.metrics, "container_memory_working_set_bytes").unwrap_or(0);
+    assert!(ws > 0, "{:?}", cm.metrics);
+    assert_eq!(
+        metric_value(&cm.metrics, "container_spec_memory_limit_bytes"),
+        Some(64 << 20)
+    );
+    assert_eq!(
+        metric_value(&cm.metrics, "container_spec_cpu_quota"),
+        Some(50_000)
+    );
+    let fs = metric_value(&cm.metrics, "container_fs_usage_bytes").unwrap_or(0);
+    assert!(fs >= 8 << 20, "writable layer {fs}");
+    let labels = &cm.metrics[0].label_values;
+    assert_eq!(&labels[..4], ["metrics", "default", "app", ctr.as_str()]);
+    let rx = pm
+        .metrics
+        .iter()
+        .find(|m| {
+            m.name == "container_network_transmit_packets_total"
+                && m.label_values.last().map(String::as_str) == Some("eth0")
+        })
+        .and_then(|m| m.value.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(rx >= 3, "pings went out of eth0: {:?}", pm.metrics);
+
+    // The stream sends the same snapshot, then ends.
+    let mut stream = c
+        .stream_pod_sandbox_metrics(v1::StreamPodSandboxMetricsRequest {})
+        .await?
+        .into_inner();
+    let mut pods = Vec::new();
+    while let Some(batch) = stream.message().await? {
+        pods.extend(
+            batch
+                .pod_sandbox_metrics
+                .into_iter()
+                .map(|p| p.pod_sandbox_id),
+        );
+    }
+    assert_eq!(pods, std::slice::from_ref(&pod));
+
+    // ImageFsInfo names the writable layers' filesystem beside the image filesystem,
+    // with the id the container's writable_layer stats carry.
+    let fsinfo = node
+        .cri
+        .images()
+        .await?
+        .image_fs_info(v1::ImageFsInfoRequest {})
+        .await?
+        .into_inner();
+    let cfs = fsinfo
+        .container_filesystems
+        .first()
+        .expect("container filesystem");
+    assert!(
+        cfs.used_bytes.as_ref().map_or(0, |v| v.value) >= 8 << 20,
+        "{cfs:?}"
+    );
+    let stats = c
+        .container_stats(v1::ContainerStatsRequest {
+            container_id: ctr.clone(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .unwrap_or_default();
+    assert_eq!(
+        stats.writable_layer.and_then(|w| w.fs_id),
+        cfs.fs_id.clone()
+    );
+    assert!(!fsinfo.image_filesystems.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn pod_resources_update_is_recorded() -> R {
+    let mut node = PodNode::start("")?;
+    let mut c = node.client().await?;
+    let pc = pod_config(&node, "resize");
+    let pod = run_pod(&mut c, &pc).await?;
+    c.update_pod_sandbox_resources(v1::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod.clone(),
+        overhead: None,
+        resources: Some(v1::LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
+    })
+    .await?;
+    let info = |c: &mut proto::v1::runtime_service_client::RuntimeServiceClient<_>| {
+        let (mut c, pod) = (c.clone(), pod.clone());
+        async move {
+            let st = c
+                .pod_sandbox_status(v1::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod,
+                    verbose: true,
+                })
+                .await?
+                .into_inner();
+            let text = st.info.get("info").cloned().unwrap_or_default();
+            anyhow::Ok(serde_json::from_str::<serde_json::Value>(&text)?)
+        }
+    };
+    let v = info(&mut c).await?;
+    assert_eq!(v["resources"]["memory"]["limit"], 256 << 20, "{v}");
+    assert_eq!(v["resources"]["cpu"]["shares"], 512, "{v}");
+    // Kept across a restart of the server.
+    node.cri.restart()?;
+    let mut c = node.client().await?;
+    let v = info(&mut c).await?;
+    assert_eq!(v["resources"]["memory"]["limit"], 256 << 20, "{v}");
+
+    let err = c
+        .update_pod_sandbox_resources(v1::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "no-such-pod".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown sandbox");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn checkpoint_needs_criu_and_leaves_nothing_when_it_fails() -> R {
+    let dir = tempfile::tempdir()?;
+    let archive = dir.path().join("ckpt.tar");
+    // No CRIU where it is configured: FailedPrecondition naming it.
+    let node = PodNode::start("[runtime]\ncriu = \"/nonexistent/criu\"\n")?;
+    let mut c = node.client().await?;
+    let pc = pod_config(&node, "ckpt");
+    let pod = run_pod(&mut c, &pc).await?;
+    let ctr = start(&mut c, &pod, &pc, shell("app", "sleep 1000")).await?;
+    let checkpoint = |c: &mut proto::v1::runtime_service_client::RuntimeServiceClient<_>,
+                      location: &std::path::Path| {
+        let (mut c, ctr, location) = (c.clone(), ctr.clone(), location.display().to_string());
+        async move {
+            c.checkpoint_container(v1::CheckpointContainerRequest {
+                container_id: ctr,
+                location,
+                timeout: 60,
+            })
+            .await
+        }
+    };
+    let err = checkpoint(&mut c, &archive).await.expect_err("no criu");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("CRIU") && err.message().contains("/nonexistent/criu"),
+        "{}",
+        err.message()
+    );
+    let err = checkpoint(&mut c, std::path::Path::new("relative.tar"))
+        .await
+        .expect_err("relative location");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(!archive.exists());
+    drop(c);
+    drop(node);
+
+    // With the node's own CRIU (when the criu package is installed): an archive with the
+    // CRIU images, or, where CRIU cannot dump on this kernel, an error that says so, the
+    // container still running and nothing at the location.
+    let Some(criu) = ["/usr/sbin/criu", "/usr/bin/criu"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        eprintln!("criu is not installed: only the missing-CRIU path was checked");
+        return Ok(());
+    };
+    let works = std::process::Command::new(criu)
+        .arg("check")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let node = PodNode::start("")?;
+    let mut c = node.client().await?;
+    let pc = pod_config(&node, "ckpt2");
+    let pod = run_pod(&mut c, &pc).await?;
+    let ctr = start(&mut c, &pod, &pc, shell("app", "sleep 1000")).await?;
+    let got = c
+        .checkpoint_container(v1::CheckpointContainerRequest {
+            container_id: ctr.clone(),
+            location: archive.display().to_string(),
+            timeout: 120,
+        })
+        .await;
+    let st = status(&mut c, &ctr).await?;
+    assert_eq!(
+        st.state,
+        v1::ContainerState::ContainerRunning as i32,
+        "still running"
+    );
+    match got {
+        Ok(_) => {
+            let mut names = Vec::new();
+            let mut tar = tar::Archive::new(std::fs::File::open(&archive)?);
+            for e in tar.entries()? {
+                names.push(e?.path()?.display().to_string());
+            }
+            for want in ["spec.dump", "config.dump", "rootfs-diff.tar"] {
+                assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+            }
+            assert!(
+                names.iter().any(|n| n.starts_with("checkpoint/")),
+                "{names:?}"
+            );
+        }
+        Err(err) => {
+            assert!(
+                !works,
+                "criu check passes, yet the checkpoint failed: {err:?}"
+            );
+            eprintln!(
+                "criu cannot dump on this kernel (criu check fails): {}",
+                err.message()
+            );
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            assert!(err.message().contains("checkpoint"), "{}", err.message());
+            assert!(!archive.exists(), "a failed checkpoint leaves no archive");
+        }
+    }
+    Ok(())
+}

@@ -13,11 +13,14 @@
 //! - `oci`: the OCI runtime binary (runc, crun) as named handlers
 
 pub mod cni;
+mod container_checkpoint;
 mod image_volume;
 pub mod logfmt;
+pub mod metrics;
 pub mod monitor;
 pub mod netns;
 pub mod oci;
+mod sandbox_update;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -97,6 +100,8 @@ pub struct RuntimeConfig {
     pub monitor: PathBuf,
     pub pause: PathBuf,
     pub netns_dir: PathBuf,
+    /// CRIU, for CheckpointContainer.
+    pub criu: PathBuf,
     pub cni: cni::CniConfig,
 }
 

@@ -100,13 +100,25 @@ impl Handler {
         tracing::debug!(runtime = %self.name, command, container.id = id, "oci runtime call");
         let mut cmd = self.command();
         cmd.args(args);
-        let out = tokio::time::timeout(CALL_TIMEOUT, cmd.output())
+        self.finish(cmd, command, id, CALL_TIMEOUT).await
+    }
+
+    /// Waits (at most `timeout`) for a prepared runtime command; its stdout, or the
+    /// error with its stderr on a non-zero exit.
+    async fn finish(
+        &self,
+        mut cmd: Command,
+        command: &'static str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let out = tokio::time::timeout(timeout, cmd.output())
             .await
             .map_err(|_| Error::Timeout {
                 runtime: self.name(),
                 command,
                 id: id.into(),
-                timeout: CALL_TIMEOUT,
+                timeout,
             })?
             .map_err(|source| Error::Spawn {
                 runtime: self.name(),
@@ -167,6 +179,31 @@ impl Handler {
             Err(Error::Failed { message, .. }) if is_gone(&message) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `checkpoint --leave-running`: CRIU dumps the running container's processes into
+    /// `image_path` (`work_path` gets its logs). runc is told which CRIU binary to use.
+    pub async fn checkpoint(
+        &self,
+        id: &str,
+        criu: &Path,
+        image_path: &Path,
+        work_path: &Path,
+        timeout: Duration,
+    ) -> Result<()> {
+        tracing::debug!(runtime = %self.name, container.id = id, "oci runtime checkpoint");
+        let mut cmd = self.command();
+        if self.path.file_name().is_some_and(|n| n == "runc") {
+            cmd.arg("--criu").arg(criu);
+        }
+        cmd.arg("checkpoint")
+            .arg("--image-path")
+            .arg(image_path)
+            .arg("--work-path")
+            .arg(work_path)
+            .arg("--leave-running")
+            .arg(id);
+        self.finish(cmd, "checkpoint", id, timeout).await.map(drop)
     }
 
     /// `update --resources FILE` with an OCI `LinuxResources` JSON document.

@@ -17,6 +17,8 @@ impl Runtime {
                 super::Ns::Join(p) => Some(p.clone()),
                 _ => None,
             };
+            let linux = sb.config.linux.as_ref();
+            let oci_resources = super::container_update::oci_resources;
             let detail = serde_json::json!({
                 "pid": sb.infra_pid,
                 "infraContainer": !sb.pinned,
@@ -30,6 +32,9 @@ impl Runtime {
                 "runtimeHandler": sb.handler,
                 "cgroupParent": sb.cgroup_parent,
                 "ips": sb.ips,
+                // As last set by RunPodSandbox or UpdatePodSandboxResources.
+                "resources": linux.and_then(|l| l.resources.as_ref()).map(|r| oci_resources(r, true)),
+                "overhead": linux.and_then(|l| l.overhead.as_ref()).map(|r| oci_resources(r, true)),
             });
             info.insert("info".to_string(), detail.to_string());
         }

@@ -88,6 +88,27 @@ impl Runtime {
         }
     }
 
+    /// The filesystem of the containers' writable layers (ImageFsInfo's
+    /// `container_filesystems`): every container's upper directory, on the same
+    /// filesystem id as each container's `writable_layer`.
+    pub fn writable_layers_usage(&self) -> v1::FilesystemUsage {
+        let (mut bytes, mut inodes) = (0, 0);
+        for c in self.containers.list() {
+            let (b, i) =
+                crate::image::layers::dir_usage(&self.containers.dir_of(&c.id).join("upper"));
+            bytes += b;
+            inodes += i;
+        }
+        v1::FilesystemUsage {
+            timestamp: now_ns(),
+            fs_id: Some(v1::FilesystemIdentifier {
+                mountpoint: self.cfg.root.to_string_lossy().into_owned(),
+            }),
+            used_bytes: value(bytes),
+            inodes_used: value(inodes),
+        }
+    }
+
     pub fn container_stats(&self, id: &str) -> Result<v1::ContainerStats> {
         Ok(self.stats_of(&self.containers.get(id)?))
     }
@@ -228,16 +249,33 @@ impl Runtime {
     }
 }
 
-/// Interface counters inside the pod's network namespace: /proc/net/dev as the infra
-/// process sees it, or read from inside the pinned namespace.
-fn network_usage(sb: &super::Sandbox) -> Option<v1::NetworkUsage> {
+/// One interface's counters from `/proc/net/dev`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct InterfaceCounters {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// Interface counters inside the pod's network namespace (`lo` left out): /proc/net/dev
+/// as the infra process sees it, or read from inside the pinned namespace.
+pub(super) fn interface_counters(sb: &super::Sandbox) -> Option<Vec<InterfaceCounters>> {
     let text = if sb.pinned {
         super::netns::read_proc_net(sb.netns.as_deref()?, "dev").ok()?
     } else {
         std::fs::read_to_string(format!("/proc/{}/net/dev", sb.infra_pid)).ok()?
     };
-    let interfaces: Vec<v1::NetworkInterfaceUsage> = text
-        .lines()
+    Some(parse_net_dev(&text))
+}
+
+fn parse_net_dev(text: &str) -> Vec<InterfaceCounters> {
+    text.lines()
         .skip(2)
         .filter_map(|l| {
             let (name, rest) = l.split_once(':')?;
@@ -245,19 +283,65 @@ fn network_usage(sb: &super::Sandbox) -> Option<v1::NetworkUsage> {
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            (f.len() >= 16).then(|| v1::NetworkInterfaceUsage {
+            (f.len() >= 16).then(|| InterfaceCounters {
                 name: name.trim().to_string(),
-                rx_bytes: value(f[0]),
-                rx_errors: value(f[2]),
-                tx_bytes: value(f[8]),
-                tx_errors: value(f[10]),
+                rx_bytes: f[0],
+                rx_packets: f[1],
+                rx_errors: f[2],
+                rx_dropped: f[3],
+                tx_bytes: f[8],
+                tx_packets: f[9],
+                tx_errors: f[10],
+                tx_dropped: f[11],
             })
         })
         .filter(|i| i.name != "lo")
+        .collect()
+}
+
+/// The pod's network usage for PodSandboxStats.
+fn network_usage(sb: &super::Sandbox) -> Option<v1::NetworkUsage> {
+    let interfaces: Vec<v1::NetworkInterfaceUsage> = interface_counters(sb)?
+        .into_iter()
+        .map(|i| v1::NetworkInterfaceUsage {
+            name: i.name,
+            rx_bytes: value(i.rx_bytes),
+            rx_errors: value(i.rx_errors),
+            tx_bytes: value(i.tx_bytes),
+            tx_errors: value(i.tx_errors),
+        })
         .collect();
     Some(v1::NetworkUsage {
         timestamp: now_ns(),
         default_interface: interfaces.iter().find(|i| i.name == "eth0").cloned(),
         interfaces,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_parses_every_counter() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+             lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  \
+             eth0:    5000      40    1    2    0     0          0         0     3000      30    3    4    0     0       0          0\n";
+        let got = parse_net_dev(text);
+        assert_eq!(
+            got,
+            [InterfaceCounters {
+                name: "eth0".into(),
+                rx_bytes: 5000,
+                rx_packets: 40,
+                rx_errors: 1,
+                rx_dropped: 2,
+                tx_bytes: 3000,
+                tx_packets: 30,
+                tx_errors: 3,
+                tx_dropped: 4,
+            }]
+        );
+    }
 }
