@@ -29,6 +29,24 @@ fn pins_exist(sb: &super::Sandbox) -> bool {
     })
 }
 
+/// How long recovery waits for a start that was in flight to finish.
+const ADOPT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The live `cri-monitor` of container `id`, found by its command line (`--id ID`).
+fn find_monitor(id: &str) -> Option<i32> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    entries.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_monitor = args.first().is_some_and(|a| a.ends_with(b"cri-monitor"));
+        let names_id = args
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes());
+        (is_monitor && names_id).then_some(pid)
+    })
+}
+
 impl Runtime {
     pub(super) async fn recover(self: &Arc<Self>) {
         let mut running = 0;
@@ -80,15 +98,66 @@ impl Runtime {
         );
     }
 
-    /// A created container stays created, unless the server stopped while starting it
-    /// (the runtime wrote its pid file): that start is recorded as failed and whatever
-    /// it left running is killed, as its monitor is unknown.
-    async fn recover_unstarted(&self, c: &super::Container) {
-        let pid_file = self.containers.dir_of(&c.id).join("pid");
-        if !pid_file.exists() {
+    /// A created container stays created, unless the server stopped while starting it.
+    /// Then its monitor may live on and finish the start: it is found by its command
+    /// line and, once the runtime wrote the container's pid (a bounded wait: the start
+    /// was under way), adopted as a running container. A start whose monitor is gone
+    /// either ran and exited (its exit is recorded) or left a half-started container
+    /// behind, which is deleted and recorded as a failed start.
+    async fn recover_unstarted(self: &Arc<Self>, c: &super::Container) {
+        let dir = self.containers.dir_of(&c.id);
+        let pid_file = dir.join("pid");
+        let exit_file = dir.join("exit");
+        let monitor = find_monitor(&c.id);
+        if let Some(monitor_pid) = monitor {
+            // Rare and short (a start in flight when the server died): no event tells
+            // when the runtime writes its pid file, so look every few milliseconds.
+            let deadline = std::time::Instant::now() + ADOPT_WAIT;
+            while !pid_file.exists()
+                && process_of(monitor_pid, &c.id)
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let pid = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if let Some(pid) = pid
+                && process_of(monitor_pid, &c.id)
+            {
+                tracing::warn!(container.id = %c.id, pid, monitor_pid, "the server stopped while starting this container; its monitor finished the start: adopted");
+                if let Ok(c) = self.containers.update(&c.id, |c| {
+                    c.pid = pid;
+                    c.monitor_pid = monitor_pid;
+                    c.started_at_ns = Some(now_ns());
+                }) {
+                    self.watch_exit(&c);
+                }
+                return;
+            }
+        }
+        if exit_file.exists() {
+            tracing::warn!(container.id = %c.id, "the server stopped while starting this container, which ran and exited meanwhile");
+            let started = self
+                .containers
+                .update(&c.id, |c| c.started_at_ns = Some(now_ns()));
+            if let Err(e) = started.map_err(super::Error::from) {
+                tracing::warn!(container.id = %c.id, err = %e, "recording a start found at recovery");
+            } else if let Err(e) = self.record_exit(&c.id).await {
+                tracing::warn!(container.id = %c.id, err = %e, "recording an exit found at recovery");
+            }
+            return;
+        }
+        if !pid_file.exists() && monitor.is_none() {
             return;
         }
         tracing::warn!(container.id = %c.id, "the server stopped while starting this container; recording the start as failed");
+        if let Some(m) = monitor {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(m),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         if let Ok(handler) = self.handler(&c.handler).cloned()
             && let Err(e) = handler.delete(&c.id).await
         {

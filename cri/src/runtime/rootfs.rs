@@ -124,6 +124,25 @@ pub fn unmount(target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Unmounts every mount at or below `dir`, deepest first (what a half-created
+/// container left: its rootfs, its image volumes).
+pub fn unmount_under(dir: &Path) -> Result<()> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io("reading", Path::new("/proc/self/mountinfo")))?;
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|mp| PathBuf::from(unescape_mountinfo(mp)))
+        .filter(|mp| mp.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in points {
+        unmount(&p)?;
+    }
+    Ok(())
+}
+
 /// Mounts a tmpfs (the pod's /dev/shm) unless one is there already.
 pub fn mount_tmpfs(target: &Path, size: Option<u64>) -> Result<()> {
     if is_mountpoint(target) {

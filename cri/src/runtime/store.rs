@@ -86,6 +86,12 @@ impl<T: Record> Store<T> {
                 // A directory without a record: creation died before its checkpoint.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::warn!(dir = %entry.path().display(), "removing {} left without a record", T::KIND);
+                    // What creation mounted there (a rootfs, image volumes) goes first:
+                    // never delete through a mount.
+                    if let Err(e) = super::rootfs::unmount_under(&entry.path()) {
+                        tracing::warn!(dir = %entry.path().display(), err = %e, "unmounting what a half-created {} left", T::KIND);
+                        continue;
+                    }
                     let _ = std::fs::remove_dir_all(entry.path());
                     continue;
                 }
