@@ -1363,12 +1363,13 @@ async fn server_socket_version_status_and_shutdown() -> R {
         .await?
         .into_inner();
     assert!(pods.items.is_empty());
-    // Runtime RPCs that are not built say so.
+    // A checkpoint request that names no archive is refused, saying why.
     let err = rt
         .checkpoint_container(v1::CheckpointContainerRequest::default())
         .await
-        .expect_err("not built");
-    assert_eq!(err.code(), Code::Unimplemented);
+        .expect_err("no location");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("location"), "{}", err.message());
 
     // A second server refuses to steal a live socket.
     let second = std::process::Command::new(e2e::cri::binary("cri")?)

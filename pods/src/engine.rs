@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
 use proto::v1;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
 
 use crate::backoff::BackoffPolicy;
 use crate::cgroups::PodCgroups;
@@ -87,6 +87,9 @@ struct Inner {
     workers: Mutex<HashMap<String, Worker>>,
     next_seq: std::sync::atomic::AtomicU64,
     views: watch::Sender<PodViews>,
+    /// UIDs of pods whose termination finished (containers stopped, sandboxes and
+    /// volumes gone): a deleted API pod may go from the API server then.
+    terminated: broadcast::Sender<String>,
     probes: Mutex<HashMap<String, ProbeState>>,
     prober: Mutex<Prober>,
 }
@@ -108,6 +111,7 @@ impl Engine {
             workers: Mutex::default(),
             next_seq: Default::default(),
             views: watch::channel(PodViews::new()).0,
+            terminated: broadcast::channel(1024).0,
             probes: Mutex::default(),
         });
         tokio::spawn(events(Arc::clone(&inner)));
@@ -209,6 +213,12 @@ impl Engine {
     /// The pods and their statuses, updated after every sync.
     pub fn views(&self) -> watch::Receiver<PodViews> {
         self.inner.views.subscribe()
+    }
+
+    /// The UIDs of pods as their termination finishes: a pod with a deletion timestamp
+    /// (its final status already in [`Engine::views`]), or one no longer desired.
+    pub fn terminated(&self) -> broadcast::Receiver<String> {
+        self.inner.terminated.subscribe()
     }
 }
 
@@ -442,6 +452,7 @@ async fn worker(
                     inner.views.send_modify(|v| {
                         v.remove(&uid);
                     });
+                    let _ = inner.terminated.send(uid.clone());
                     tracing::info!(pod.uid = %uid, "pod terminated and removed");
                     return;
                 }
@@ -534,6 +545,7 @@ async fn sync_once(
     let name = pod_name(pod);
     if pod.metadata.deletion_timestamp.is_some() {
         terminate(inner, uid, Some(pod), mem).await?;
+        let _ = inner.terminated.send(uid.to_string());
         return Ok(Step::Done(None));
     }
     let observed = inner.cri.observe(uid).await?;
