@@ -6,9 +6,11 @@
 //! - [`http`]: a tiny blocking HTTP client for reading the registry back.
 //! - [`cri`]: the `cri` binary and gRPC clients to it.
 //! - [`kubelet`]: the `kubelet` binary with static pods, its `/pods`, and its runtime.
+//! - [`apiserver`]: a test Kubernetes API server (plain HTTP) for kubelets and kubectl.
 //!
 //! Errors are `anyhow`: the only callers are tests, which report them and never match.
 
+pub mod apiserver;
 pub mod bench;
 pub mod cri;
 pub mod http;
