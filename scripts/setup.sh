@@ -21,6 +21,14 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# kubectl drives the cluster tests as a user would. Debian's own (kubernetes-client) is
+# old but speaks the same API; a newer one already on PATH is kept.
+if ! command -v kubectl >/dev/null; then
+  echo "setup: installing kubernetes-client (kubectl)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
 # Debian starts the packaged registry and containerd as services; tests run their own.
 for svc in docker-registry containerd; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then

@@ -168,6 +168,11 @@ impl KubeletNode {
     /// A kubelet with our CRI in-process: its own CNI bridge and subnet
     /// (`10.245.<n>.0/24`), busybox preloaded, the read-only port on a free port.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`KubeletNode::start`] with more flags (e.g. `--kubeconfig` to join a cluster).
+    pub async fn start_with(flags: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let net = TestNetwork::create(dir.path(), "nlk", 245)?;
         let preload = dir.path().join("preload");
@@ -184,12 +189,13 @@ impl KubeletNode {
             net.conf_dir.display().to_string(),
         );
         CriServer::write_config(&cri_dir, &toml)?;
-        let args = vec![
+        let mut args: Vec<std::ffi::OsString> = vec![
             "--cri-config".into(),
             cri_dir.join("cri.toml").into_os_string(),
             "--image-preload-dir".into(),
             preload.into_os_string(),
         ];
+        args.extend(flags.iter().map(std::ffi::OsString::from));
         Self::launch(dir, Runtime::InProcess { cri_dir, net }, socket, args).await
     }
 
@@ -238,9 +244,10 @@ impl KubeletNode {
             root_dir.clone().into_os_string(),
             "--read-only-port".into(),
             port.to_string().into(),
-            "--hostname-override".into(),
-            NODE_NAME.into(),
         ];
+        if !extra.iter().any(|a| a == "--hostname-override") {
+            args.extend(["--hostname-override".into(), NODE_NAME.into()]);
+        }
         args.extend(extra);
         let mut node = Self {
             child: None,

@@ -1,7 +1,11 @@
 //! Settings from flags and a KubeletConfiguration file (flags win), as the upstream
 //! kubelet reads them.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Taint;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use anyhow::Context as _;
 use serde::Deserialize;
@@ -29,6 +33,28 @@ struct KubeletConfiguration {
     cgroups_per_qos: Option<bool>,
     cgroup_driver: Option<String>,
     pod_pids_limit: Option<i64>,
+    register_node: Option<bool>,
+    #[serde(rename = "providerID")]
+    provider_id: Option<String>,
+    max_pods: Option<i64>,
+    #[serde(rename = "kubeAPIQPS")]
+    kube_api_qps: Option<f64>,
+    #[serde(rename = "kubeAPIBurst")]
+    kube_api_burst: Option<u32>,
+    register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    kube_reserved: BTreeMap<String, String>,
+    system_reserved: BTreeMap<String, String>,
+    port: Option<i32>,
+}
+
+/// Joining a cluster: where the API server is and what the Node says.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub kubeconfig: PathBuf,
+    pub register_node: bool,
+    pub node: crate::node::register::NodeSpecConfig,
+    pub qps: f64,
+    pub burst: u32,
 }
 
 /// Everything the agent runs with.
@@ -46,6 +72,8 @@ pub struct Settings {
     pub node: pods::translate::NodeInfo,
     /// `podPidsLimit` / `--pod-max-pids`: processes per pod; -1 (the default): no limit.
     pub pod_pids_limit: i64,
+    /// Set with `--kubeconfig`: the node joins that cluster.
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Settings {
@@ -104,6 +132,83 @@ impl Settings {
             root.into()
         };
         node.no_qos_cgroups = !per_qos;
+        if let Some(ip) = &args.node_ip {
+            ip.parse::<std::net::IpAddr>()
+                .with_context(|| format!("--node-ip {ip:?} is not an IP address"))?;
+            node.host_ip = ip.clone();
+        }
+        let cluster = match &args.kubeconfig {
+            None => None,
+            Some(kubeconfig) => {
+                let mut reserved = BTreeMap::new();
+                for (what, text, from_file) in [
+                    (
+                        "--kube-reserved",
+                        args.kube_reserved.as_deref(),
+                        &file.kube_reserved,
+                    ),
+                    (
+                        "--system-reserved",
+                        args.system_reserved.as_deref(),
+                        &file.system_reserved,
+                    ),
+                ] {
+                    let pairs = match text {
+                        Some(t) => parse_pairs(what, t)?,
+                        None => from_file.clone(),
+                    };
+                    for (k, v) in pairs {
+                        let q = Quantity(v.clone());
+                        let add = if k == "cpu" {
+                            pods::translate::quantity_millis(&q)
+                        } else {
+                            pods::translate::quantity_value(&q)
+                        }
+                        .with_context(|| format!("{what}: {k}={v} is not a quantity"))?;
+                        let prev = reserved.get(&k).and_then(|p: &Quantity| {
+                            if k == "cpu" {
+                                pods::translate::quantity_millis(p)
+                            } else {
+                                pods::translate::quantity_value(p)
+                            }
+                        });
+                        let sum = prev.unwrap_or(0) + add;
+                        let text = if k == "cpu" {
+                            format!("{sum}m")
+                        } else {
+                            sum.to_string()
+                        };
+                        reserved.insert(k, Quantity(text));
+                    }
+                }
+                let taints = match &args.register_with_taints {
+                    Some(t) => parse_taints(t)?,
+                    None => file.register_with_taints.clone(),
+                };
+                Some(ClusterSettings {
+                    kubeconfig: kubeconfig.clone(),
+                    register_node: args.register_node.or(file.register_node).unwrap_or(true),
+                    qps: args.kube_api_qps.or(file.kube_api_qps).unwrap_or(50.0),
+                    burst: args.kube_api_burst.or(file.kube_api_burst).unwrap_or(100),
+                    node: crate::node::register::NodeSpecConfig {
+                        name: node_name.clone(),
+                        labels: match &args.node_labels {
+                            Some(l) => parse_pairs("--node-labels", l)?,
+                            None => BTreeMap::new(),
+                        },
+                        taints,
+                        internal_ip: node.host_ip.clone(),
+                        hostname: node_name.clone(),
+                        provider_id: args.provider_id.clone().or(file.provider_id),
+                        kubelet_port: args.port.or(file.port).unwrap_or(10250),
+                        max_pods: args.max_pods.or(file.max_pods).unwrap_or(110),
+                        runtime_version: String::new(),
+                        reserved,
+                        root_dir: args.root_dir.clone(),
+                    },
+                })
+            }
+        };
         Ok(Self {
             static_pod_path: args.pod_manifest_path.clone().or(file.static_pod_path),
             runtime_endpoint,
@@ -120,8 +225,53 @@ impl Settings {
             image_preload_dir: args.image_preload_dir.clone(),
             node,
             pod_pids_limit: args.pod_max_pids.or(file.pod_pids_limit).unwrap_or(-1),
+            cluster,
         })
     }
+}
+
+/// `k=v,k2=v2` (labels, reserved resources).
+fn parse_pairs(what: &str, text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("{what}: {part:?} is not key=value"))?;
+        if k.trim().is_empty() {
+            anyhow::bail!("{what}: {part:?} has an empty key");
+        }
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
+}
+
+/// `key=value:Effect,key:Effect` (upstream's --register-with-taints).
+fn parse_taints(text: &str) -> anyhow::Result<Vec<Taint>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (kv, effect) = part.rsplit_once(':').with_context(|| {
+            format!("--register-with-taints: {part:?} is not key[=value]:Effect")
+        })?;
+        if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+            anyhow::bail!(
+                "--register-with-taints: {part:?}: effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"
+            );
+        }
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        if key.is_empty() {
+            anyhow::bail!("--register-with-taints: {part:?} has an empty key");
+        }
+        out.push(Taint {
+            key: key.into(),
+            value,
+            effect: effect.into(),
+            time_added: None,
+        });
+    }
+    Ok(out)
 }
 
 fn read_config(path: &Path) -> anyhow::Result<KubeletConfiguration> {
@@ -159,6 +309,60 @@ mod tests {
         assert_eq!(cfg.cluster_dns, vec!["10.96.0.10"]);
         std::fs::write(&path, "kind: Pod\n")?;
         assert!(read_config(&path).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn cluster_flags_parse_as_upstream() -> anyhow::Result<()> {
+        use clap::Parser as _;
+        let args = crate::Args::parse_from([
+            "kubelet",
+            "--kubeconfig",
+            "/etc/kubelet.conf",
+            "--node-labels",
+            "role=edge, zone=a",
+            "--register-with-taints",
+            "dedicated=edge:NoSchedule,gpu:NoExecute",
+            "--kube-reserved",
+            "cpu=100m,memory=256Mi",
+            "--system-reserved",
+            "cpu=150m",
+            "--node-ip",
+            "10.1.2.3",
+        ]);
+        let s = Settings::load(&args)?;
+        let c = s.cluster.expect("cluster mode");
+        assert_eq!(c.node.labels["zone"], "a");
+        assert_eq!(c.node.taints.len(), 2);
+        assert_eq!(c.node.taints[1].value, None);
+        assert_eq!(c.node.reserved["cpu"].0, "250m");
+        assert_eq!(c.node.reserved["memory"].0, (256i64 << 20).to_string());
+        assert_eq!((c.node.max_pods, c.node.kubelet_port), (110, 10250));
+        assert_eq!(c.node.internal_ip, "10.1.2.3");
+        assert!(c.register_node);
+        for bad in [
+            vec![
+                "kubelet",
+                "--kubeconfig",
+                "k",
+                "--register-with-taints",
+                "a=b:Sometimes",
+            ],
+            vec!["kubelet", "--kubeconfig", "k", "--node-labels", "novalue"],
+            vec![
+                "kubelet",
+                "--kubeconfig",
+                "k",
+                "--kube-reserved",
+                "cpu=lots",
+            ],
+            vec!["kubelet", "--node-ip", "not-an-ip"],
+        ] {
+            assert!(
+                Settings::load(&crate::Args::parse_from(bad.clone())).is_err(),
+                "{bad:?}"
+            );
+        }
         Ok(())
     }
 

@@ -2,10 +2,14 @@
 //! directory with no control plane: by default with our CRI server in-process (one
 //! binary), or against any CRI runtime with `--container-runtime-endpoint`.
 
+mod api_pods;
 mod config;
+mod kube_client;
+mod mirror;
 mod node;
 mod readonly;
 mod static_pods;
+mod status;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,7 +73,50 @@ pub struct Args {
     /// Only `cgroupfs` is supported. Also `cgroupDriver` in --config.
     #[arg(long = "cgroup-driver")]
     cgroup_driver: Option<String>,
+    /// Join a cluster: the kubeconfig (client certificate or bearer token) of the API
+    /// server to register with and take pods from.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The address the node reports (InternalIP); default: the host's first address.
+    #[arg(long = "node-ip")]
+    node_ip: Option<String>,
+    /// Labels added to the Node at registration: `key=value,…`.
+    #[arg(long = "node-labels")]
+    node_labels: Option<String>,
+    /// Taints of the Node at registration: `key=value:Effect,…`. Also
+    /// `registerWithTaints` in --config.
+    #[arg(long = "register-with-taints")]
+    register_with_taints: Option<String>,
+    /// Most pods on this node (default 110). Also `maxPods` in --config.
+    #[arg(long = "max-pods")]
+    max_pods: Option<i64>,
+    /// Register the Node (default true). Also `registerNode` in --config.
+    #[arg(long = "register-node", num_args = 0..=1, default_missing_value = "true")]
+    register_node: Option<bool>,
+    /// The node's provider id. Also `providerID` in --config.
+    #[arg(long = "provider-id")]
+    provider_id: Option<String>,
+    /// Resources kept from pods for Kubernetes daemons: `cpu=100m,memory=256Mi,…`.
+    /// Also `kubeReserved` in --config.
+    #[arg(long = "kube-reserved")]
+    kube_reserved: Option<String>,
+    /// Resources kept from pods for the OS: `cpu=100m,memory=256Mi,…`. Also
+    /// `systemReserved` in --config.
+    #[arg(long = "system-reserved")]
+    system_reserved: Option<String>,
+    /// The kubelet API port the Node announces (default 10250). Also `port` in --config.
+    #[arg(long)]
+    port: Option<i32>,
+    /// API writes per second (default 50). Also `kubeAPIQPS` in --config.
+    #[arg(long = "kube-api-qps")]
+    kube_api_qps: Option<f64>,
+    /// API write burst (default 100). Also `kubeAPIBurst` in --config.
+    #[arg(long = "kube-api-burst")]
+    kube_api_burst: Option<u32>,
 }
+
+/// The version the Node reports (the Kubernetes API level this agent implements).
+pub const KUBELET_VERSION: &str = concat!("v1.36.0-nodelet.", env!("CARGO_PKG_VERSION"));
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -153,7 +200,7 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
     }
 
     let engine = pods::engine::Engine::start(
-        client,
+        client.clone(),
         pods::engine::EngineConfig {
             node: cfg.node.clone(),
             root_dir: cfg.root_dir.clone(),
@@ -175,42 +222,217 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
         }));
     }
 
-    let Some(dir) = cfg.static_pod_path.clone() else {
-        tracing::warn!(
-            "no --pod-manifest-path: nothing to run (the API-server mode is not built yet)"
-        );
+    // The sources: the manifest directory and, in a cluster, the API server.
+    let mut statics = match cfg.static_pod_path.clone() {
+        Some(dir) => {
+            let (rx, watcher) = static_pods::watch(
+                dir.clone(),
+                cfg.node.node_name.clone(),
+                Duration::from_millis(50),
+            )
+            .with_context(|| format!("watching {}", dir.display()))?;
+            let first = rx.borrow().clone();
+            for e in &first.errors {
+                tracing::warn!(error = %e, "static pod manifest not used");
+            }
+            tracing::info!(dir = %dir.display(), pods = first.pods.len(), "static pods");
+            Some((rx, watcher))
+        }
+        None => None,
+    };
+    let mut api = match &cfg.cluster {
+        Some(c) => {
+            let statics_rx = statics.as_ref().map(|(rx, _)| rx.clone());
+            Some(join_cluster(c, &version, &client, &engine, statics_rx, &shutdown).await?)
+        }
+        None => None,
+    };
+    if statics.is_none() && api.is_none() {
+        tracing::warn!("no --pod-manifest-path and no --kubeconfig: nothing to run");
         shutdown.cancelled().await;
         return Ok(());
-    };
-    let (mut snapshots, _watcher) = static_pods::watch(
-        dir.clone(),
-        cfg.node.node_name.clone(),
-        Duration::from_millis(50),
-    )
-    .with_context(|| format!("watching {}", dir.display()))?;
-    let first = snapshots.borrow_and_update().clone();
-    for e in &first.errors {
-        tracing::warn!(error = %e, "static pod manifest not used");
     }
-    tracing::info!(dir = %dir.display(), pods = first.pods.len(), "static pods");
-    // Orphans first: a new instance of a static pod waits for its old one to be gone.
-    if let Err(e) = engine.adopt_orphans(&first.pods).await {
+    // Orphans are judged once every source has listed its pods (upstream's
+    // sourcesReady): a pod of the API server must not be killed because the first list
+    // has not come yet.
+    if let Some(rx) = api.as_mut() {
+        tokio::select! {
+            r = rx.wait_for(|s| s.synced) => { r.context("the API pod source stopped")?; }
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    let desired =
+        |statics: &Option<(
+            tokio::sync::watch::Receiver<static_pods::Snapshot>,
+            static_pods::Watcher,
+        )>,
+         api: &Option<tokio::sync::watch::Receiver<api_pods::Snapshot>>| {
+            let mut all = std::collections::BTreeMap::new();
+            if let Some((rx, _)) = statics {
+                all.extend(rx.borrow().pods.clone());
+            }
+            if let Some(rx) = api {
+                all.extend(rx.borrow().pods.clone());
+            }
+            all
+        };
+    let first = desired(&statics, &api);
+    if let Err(e) = engine.adopt_orphans(&first).await {
         tracing::warn!(err = %e, "listing pods left by an earlier run");
     }
-    engine.set_pods(&first.pods);
+    engine.set_pods(&first);
     loop {
+        let static_changed = async {
+            match statics.as_mut() {
+                Some((rx, _)) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
+        let api_changed = async {
+            match api.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            changed = snapshots.changed() => {
-                if changed.is_err() { break; }
-                let snap = snapshots.borrow_and_update().clone();
-                tracing::info!(pods = snap.pods.len(), "static pod manifests changed");
-                engine.set_pods(&snap.pods);
+            ok = static_changed => {
+                if !ok { break; }
+                if let Some((rx, _)) = statics.as_mut() {
+                    let snap = rx.borrow_and_update();
+                    tracing::info!(pods = snap.pods.len(), "static pod manifests changed");
+                }
+            }
+            ok = api_changed => {
+                if !ok { break; }
+                if let Some(rx) = api.as_mut() {
+                    rx.borrow_and_update();
+                }
             }
             _ = shutdown.cancelled() => break,
         }
+        engine.set_pods(&desired(&statics, &api));
     }
     tracing::info!("shutting down; pods keep running");
     Ok(())
+}
+
+/// Joins the cluster: registers the Node (retrying until the API server answers),
+/// then keeps its status and Lease, writes pod statuses, and returns the pods bound
+/// to this node.
+async fn join_cluster(
+    c: &config::ClusterSettings,
+    version: &proto::v1::VersionResponse,
+    cri: &pods::cri::Cri,
+    engine: &pods::engine::Engine,
+    statics: Option<tokio::sync::watch::Receiver<static_pods::Snapshot>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::sync::watch::Receiver<api_pods::Snapshot>> {
+    let client = kube_client::from_kubeconfig(&c.kubeconfig).await?;
+    let mut spec = c.node.clone();
+    spec.runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    if c.register_node {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match node::register::register(&nodes, &spec).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(node = %spec.name, err = %e, "registering the node; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => anyhow::bail!("stopped before the node registered"),
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(7));
+                }
+            }
+        }
+        let health = runtime_health(cri.clone(), shutdown.clone());
+        tokio::spawn(node::register::status_loop(
+            nodes,
+            spec.clone(),
+            health,
+            shutdown.clone(),
+        ));
+        tokio::spawn(node::lease::renew_loop(
+            client.clone(),
+            spec.name.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let pods = api_pods::watch(client.clone(), &spec.name);
+    if let Some(statics) = statics {
+        tokio::spawn(mirror::run(
+            client.clone(),
+            spec.name.clone(),
+            statics,
+            pods.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(status::run(
+        client,
+        engine.views(),
+        engine.terminated(),
+        pods.clone(),
+        status::Limiter::new(c.qps, c.burst),
+        shutdown.clone(),
+    ));
+    Ok(pods)
+}
+
+/// The runtime's own conditions (RuntimeReady, NetworkReady), asked every few seconds as
+/// upstream does, published on change.
+fn runtime_health(
+    cri: pods::cri::Cri,
+    stop: CancellationToken,
+) -> tokio::sync::watch::Receiver<node::register::Health> {
+    let (tx, rx) = tokio::sync::watch::channel(node::register::Health::default());
+    tokio::spawn(async move {
+        loop {
+            let h = match cri
+                .runtime
+                .clone()
+                .status(proto::v1::StatusRequest { verbose: false })
+                .await
+            {
+                Ok(r) => {
+                    let conds = r
+                        .into_inner()
+                        .status
+                        .map(|s| s.conditions)
+                        .unwrap_or_default();
+                    let cond = |t: &str| conds.iter().find(|c| c.r#type == t);
+                    let ok = |t: &str| cond(t).is_some_and(|c| c.status);
+                    let message = conds
+                        .iter()
+                        .filter(|c| !c.status)
+                        .map(|c| format!("{}: {} {}", c.r#type, c.reason, c.message))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    node::register::Health {
+                        runtime_ready: ok("RuntimeReady"),
+                        network_ready: ok("NetworkReady"),
+                        message,
+                    }
+                }
+                Err(e) => node::register::Health {
+                    runtime_ready: false,
+                    network_ready: false,
+                    message: e.message().to_string(),
+                },
+            };
+            tx.send_if_modified(|cur| {
+                let changed = *cur != h;
+                *cur = h;
+                changed
+            });
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+    rx
 }
 
 /// The runtime must lay cgroups out as we name them: cgroupfs paths. Runtimes that do

@@ -1,4 +1,8 @@
-//! Facts about this node: name, address, allocatable CPU and memory, the resolver file.
+//! Facts about this node: name, address, allocatable CPU and memory, the resolver file;
+//! and, in a cluster, the Node object ([`register`]) and its Lease ([`lease`]).
+
+pub mod lease;
+pub mod register;
 
 use std::path::{Path, PathBuf};
 

@@ -216,6 +216,16 @@ fn container_path_in(pod: &Pod, c: &Container) -> String {
 // ---------------------------------------------------------------------------------------
 // Quantities
 
+/// A quantity in thousandths (CPU in millicores), rounded up; `None` if unparsable.
+pub fn quantity_millis(q: &Quantity) -> Option<i64> {
+    i64::try_from(ceil_div(parse_quantity(&q.0)?, 1_000_000)).ok()
+}
+
+/// A quantity's value (bytes, counts), rounded up; `None` if unparsable.
+pub fn quantity_value(q: &Quantity) -> Option<i64> {
+    i64::try_from(ceil_div(parse_quantity(&q.0)?, 1_000_000_000)).ok()
+}
+
 /// A quantity in units of 10⁻⁹, rounded up: exact for every suffix k8s accepts.
 pub(crate) fn parse_quantity(text: &str) -> Option<i128> {
     let s = text.trim();

@@ -1,0 +1,461 @@
+//! The kubelet joined to a cluster, checked as a cluster user checks it: with `kubectl`.
+//! By default the cluster is the e2e test API server (`e2e::apiserver`); with
+//! `E2E_KUBECONFIG=<admin kubeconfig>` the same scenarios run against that real API
+//! server instead (the kubelet then uses that kubeconfig too, until TLS bootstrap is
+//! built), with a node name of their own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use e2e::apiserver::ApiServer;
+use e2e::kubelet::KubeletNode;
+use serde_json::Value;
+
+type R<T = ()> = anyhow::Result<T>;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The control plane of a test: ours, or a real one named by E2E_KUBECONFIG.
+struct Cluster {
+    _server: Option<ApiServer>,
+    kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> R<Self> {
+        let dir = tempfile::tempdir()?;
+        if let Some(k) = std::env::var_os("E2E_KUBECONFIG") {
+            return Ok(Self {
+                _server: None,
+                kubeconfig: PathBuf::from(k),
+                _dir: dir,
+            });
+        }
+        let server = ApiServer::start()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig)?;
+        Ok(Self {
+            _server: Some(server),
+            kubeconfig,
+            _dir: dir,
+        })
+    }
+
+    /// `kubectl …` with this cluster's kubeconfig and `stdin`; its stdout.
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> R<String> {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl")?;
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            use std::io::Write as _;
+            pipe.write_all(text.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kubectl get … -o json`, or None when it does not exist.
+    fn get(&self, args: &[&str]) -> R<Option<Value>> {
+        let mut a = vec!["get"];
+        a.extend_from_slice(args);
+        a.extend(["-o", "json", "--ignore-not-found"]);
+        let out = self.kubectl(&a, None)?;
+        if out.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(&out)?))
+    }
+
+    /// Polls (bounded) `kubectl get` until `pred` holds; returns the object.
+    async fn wait(
+        &self,
+        args: &[&str],
+        limit: Duration,
+        pred: impl Fn(Option<&Value>) -> bool,
+    ) -> R<Option<Value>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.get(args)?;
+            if pred(v.as_ref()) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "kubectl get {} not as expected after {limit:?}: {}",
+                    args.join(" "),
+                    v.map(|v| v.to_string()).unwrap_or_else(|| "absent".into())
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+}
+
+/// The node name the test kubelet runs as (`testnode` against the test server; a name
+/// of this run's own against a real one).
+fn node_name() -> String {
+    if std::env::var_os("E2E_KUBECONFIG").is_some() {
+        format!("nodelet-e2e-{}", std::process::id())
+    } else {
+        e2e::kubelet::NODE_NAME.to_string()
+    }
+}
+
+fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+fn pod_manifest(name: &str, node: &str, script: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "app",
+                "image": e2e::pods::BUSYBOX,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", script],
+                "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}
+            }]
+        }
+    })
+    .to_string()
+}
+
+async fn join(cluster: &Cluster) -> R<KubeletNode> {
+    let kubeconfig = cluster.kubeconfig().display().to_string();
+    let node = node_name();
+    KubeletNode::start_with(&[
+        "--kubeconfig",
+        &kubeconfig,
+        "--hostname-override",
+        &node,
+        "--node-labels",
+        "nodelet.dev/e2e=true",
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn node_registers_ready_with_its_facts_and_renews_its_lease() -> R {
+    let cluster = Cluster::start()?;
+    let kubelet = join(&cluster).await?;
+    let name = node_name();
+    let node = cluster
+        .wait(&["node", &name], LONG, |n| {
+            n.and_then(|n| condition(n, "Ready"))
+                .is_some_and(|c| c["status"] == "True")
+        })
+        .await
+        .with_context(|| kubelet.log_text())?
+        .context("node")?;
+    let labels = &node["metadata"]["labels"];
+    assert_eq!(labels["kubernetes.io/hostname"], name.as_str());
+    assert_eq!(labels["kubernetes.io/os"], "linux");
+    assert_eq!(labels["nodelet.dev/e2e"], "true");
+    let st = &node["status"];
+    for r in ["cpu", "memory", "pods", "ephemeral-storage"] {
+        assert!(st["capacity"][r].is_string(), "capacity {r}: {st}");
+        assert!(st["allocatable"][r].is_string(), "allocatable {r}: {st}");
+    }
+    assert_eq!(st["capacity"]["pods"], "110");
+    assert_eq!(st["daemonEndpoints"]["kubeletEndpoint"]["Port"], 10250);
+    let info = &st["nodeInfo"];
+    assert_eq!(info["operatingSystem"], "linux");
+    assert!(
+        info["containerRuntimeVersion"]
+            .as_str()
+            .is_some_and(|v| v.contains("://")),
+        "{info}"
+    );
+    assert!(
+        info["kubeletVersion"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("v1."))
+    );
+    assert!(info["bootID"].as_str().is_some_and(|v| !v.is_empty()));
+    let types: Vec<&str> = st["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    for t in ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(types.contains(&t), "{types:?}");
+    }
+    assert!(
+        st["addresses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["type"] == "InternalIP")),
+        "{st}"
+    );
+
+    // The Lease: ours, 40 s, owned by the Node, renewed.
+    let lease_args = ["lease", "-n", "kube-node-lease", name.as_str()];
+    let lease = cluster
+        .wait(&lease_args, LONG, |l| l.is_some())
+        .await?
+        .context("lease")?;
+    assert_eq!(lease["spec"]["holderIdentity"], name.as_str());
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
+    let owner = &lease["metadata"]["ownerReferences"][0];
+    assert_eq!(
+        (owner["kind"].as_str(), owner["name"].as_str()),
+        (Some("Node"), Some(name.as_str()))
+    );
+    let first = lease["spec"]["renewTime"].clone();
+    cluster
+        .wait(&lease_args, Duration::from_secs(30), |l| {
+            l.is_some_and(|l| l["spec"]["renewTime"] != first)
+        })
+        .await?;
+    drop(kubelet);
+    if std::env::var_os("E2E_KUBECONFIG").is_some() {
+        cluster.kubectl(&["delete", "node", &name, "--wait=false"], None)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_applied_with_kubectl_runs_reports_status_and_is_deleted_gracefully() -> R {
+    let cluster = Cluster::start()?;
+    let mut kubelet = join(&cluster).await?;
+    let node = node_name();
+    let pod = format!("web-{}", std::process::id());
+    cluster.kubectl(
+        &["apply", "-f", "-"],
+        Some(&pod_manifest(&pod, &node, "echo started; exec sleep 1000")),
+    )?;
+    let running = cluster
+        .wait(&["pod", "-n", "default", &pod], LONG, |p| {
+            p.is_some_and(|p| {
+                p["status"]["phase"] == "Running"
+                    && condition(p, "Ready").is_some_and(|c| c["status"] == "True")
+            })
+        })
+        .await
+        .with_context(|| kubelet.log_text())?
+        .context("pod")?;
+    let st = &running["status"];
+    let ip = st["podIP"].as_str().unwrap_or_default();
+    assert!(
+        kubelet.network().is_some_and(|n| n.contains(ip)),
+        "pod IP {ip} from the node's pod network: {st}"
+    );
+    assert_eq!(st["podIPs"][0]["ip"], ip);
+    assert!(st["hostIP"].is_string(), "{st}");
+    assert_eq!(st["qosClass"], "BestEffort");
+    assert!(st["startTime"].is_string(), "{st}");
+    let cs = &st["containerStatuses"][0];
+    assert_eq!(cs["name"], "app");
+    assert!(cs["state"]["running"]["startedAt"].is_string(), "{cs}");
+    assert_eq!(cs["ready"], true);
+    let container_id = cs["containerID"].as_str().unwrap_or_default().to_string();
+    assert!(container_id.contains("://"), "{cs}");
+    for c in ["Initialized", "ContainersReady", "PodScheduled", "Ready"] {
+        assert!(
+            condition(&running, c).is_some_and(|x| x["lastTransitionTime"].is_string()),
+            "{c}: {st}"
+        );
+    }
+
+    // The agent restarted under the running pod: nothing restarts.
+    kubelet.terminate()?;
+    kubelet.spawn().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = cluster
+        .get(&["pod", "-n", "default", &pod])?
+        .context("pod")?;
+    let cs = &again["status"]["containerStatuses"][0];
+    assert_eq!(
+        cs["containerID"].as_str(),
+        Some(container_id.as_str()),
+        "{cs}"
+    );
+    assert_eq!(cs["restartCount"], 0);
+
+    // kubectl delete: graceful termination, the final status, then gone.
+    cluster.kubectl(
+        &["delete", "pod", "-n", "default", &pod, "--wait=false"],
+        None,
+    )?;
+    cluster
+        .wait(&["pod", "-n", "default", &pod], LONG, |p| p.is_none())
+        .await
+        .with_context(|| kubelet.log_text())?;
+    let mut rt = kubelet.runtime().await?;
+    let left = rt
+        .list_pod_sandbox(proto::v1::ListPodSandboxRequest { filter: None })
+        .await?
+        .into_inner()
+        .items;
+    assert!(left.is_empty(), "sandboxes left after the delete: {left:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn static_pods_get_mirror_pods_made_again_when_deleted() -> R {
+    let cluster = Cluster::start()?;
+    let kubelet = join(&cluster).await?;
+    let node = node_name();
+    let manifest = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "mirrored", "namespace": "default"},
+        "spec": {"containers": [{"name": "app", "image": e2e::pods::BUSYBOX,
+                                  "imagePullPolicy": "IfNotPresent",
+                                  "command": ["sleep", "1000"]}]}
+    });
+    kubelet.write_manifest("mirrored.json", &manifest.to_string())?;
+    let name = format!("mirrored-{node}");
+    let args = ["pod", "-n", "default", name.as_str()];
+    let mirror = cluster
+        .wait(&args, LONG, |p| {
+            p.is_some_and(|p| p["status"]["phase"] == "Running")
+        })
+        .await
+        .with_context(|| kubelet.log_text())?
+        .context("mirror")?;
+    let ann = &mirror["metadata"]["annotations"];
+    assert!(ann["kubernetes.io/config.mirror"].is_string(), "{ann}");
+    assert_eq!(mirror["spec"]["nodeName"], node.as_str());
+    assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "Node");
+    let first_uid = mirror["metadata"]["uid"].clone();
+
+    // Deleted by a user: made again (a new object), the static pod untouched.
+    cluster.kubectl(
+        &["delete", "pod", "-n", "default", &name, "--wait=false"],
+        None,
+    )?;
+    cluster
+        .wait(&args, LONG, |p| {
+            p.is_some_and(|p| {
+                p["metadata"]["uid"] != first_uid && p["metadata"]["deletionTimestamp"].is_null()
+            })
+        })
+        .await
+        .with_context(|| kubelet.log_text())?;
+    // The manifest removed: the mirror goes.
+    kubelet.remove_manifest("mirrored.json")?;
+    cluster
+        .wait(&args, LONG, |p| p.is_none())
+        .await
+        .with_context(|| kubelet.log_text())?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_api_outage_leaves_pods_running_and_status_catches_up() -> R {
+    if std::env::var_os("E2E_KUBECONFIG").is_some() {
+        eprintln!("skipped against a real cluster: the test cannot stop its API server");
+        return Ok(());
+    }
+    let server = ApiServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let cluster = Cluster {
+        _server: None,
+        kubeconfig,
+        _dir: dir,
+    };
+    let kubelet = join(&cluster).await?;
+    let node = node_name();
+    cluster.kubectl(
+        &["apply", "-f", "-"],
+        Some(&pod_manifest("steady", &node, "exec sleep 1000")),
+    )?;
+    cluster.kubectl(
+        &["apply", "-f", "-"],
+        Some(&pod_manifest("crashy", &node, "sleep 2; exit 3")),
+    )?;
+    for p in ["steady", "crashy"] {
+        cluster
+            .wait(&["pod", "-n", "default", p], LONG, |x| {
+                x.is_some_and(|x| x["status"]["containerStatuses"][0]["containerID"].is_string())
+            })
+            .await
+            .with_context(|| kubelet.log_text())?;
+    }
+    let steady_id = cluster
+        .get(&["pod", "-n", "default", "steady"])?
+        .context("steady")?["status"]["containerStatuses"][0]["containerID"]
+        .clone();
+
+    // The API server goes away for a minute; the crashing pod restarts meanwhile.
+    server.pause()?;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut rt = kubelet.runtime().await?;
+    let crashy_attempt = rt
+        .list_containers(proto::v1::ListContainersRequest { filter: None })
+        .await?
+        .into_inner()
+        .containers
+        .iter()
+        .filter(|c| c.labels.get("io.kubernetes.pod.name").map(String::as_str) == Some("crashy"))
+        .filter_map(|c| c.metadata.as_ref().map(|m| m.attempt))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        crashy_attempt >= 2,
+        "the crashing pod was restarted while the API was away (attempt {crashy_attempt})"
+    );
+    server.resume()?;
+
+    // The status catches up; the steady pod never restarted.
+    cluster
+        .wait(&["pod", "-n", "default", "crashy"], LONG, |x| {
+            x.is_some_and(|x| {
+                x["status"]["containerStatuses"][0]["restartCount"].as_i64() >= Some(1)
+            })
+        })
+        .await
+        .with_context(|| kubelet.log_text())?;
+    let steady = cluster
+        .get(&["pod", "-n", "default", "steady"])?
+        .context("steady")?;
+    assert_eq!(
+        steady["status"]["containerStatuses"][0]["containerID"],
+        steady_id
+    );
+    assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+    // The heartbeat is back within seconds.
+    let lease_args = ["lease", "-n", "kube-node-lease", node.as_str()];
+    let before = cluster.get(&lease_args)?.context("lease")?["spec"]["renewTime"].clone();
+    cluster
+        .wait(&lease_args, Duration::from_secs(15), |l| {
+            l.is_some_and(|l| l["spec"]["renewTime"] != before)
+        })
+        .await?;
+    drop(server);
+    Ok(())
+}
