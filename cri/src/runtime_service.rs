@@ -373,7 +373,10 @@ impl v1::runtime_service_server::RuntimeService for RuntimeService {
             .and_then(|c| c.network_config)
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
-        tracing::info!(pod_cidr = %cidr, "kubelet reported the pod CIDR; the CNI config decides the pod network");
+        let rewritten = self.runtime.set_pod_cidr(&cidr).map_err(status)?;
+        if !rewritten {
+            tracing::info!(pod_cidr = %cidr, "kubelet reported the pod CIDR; the CNI config decides the pod network");
+        }
         Ok(Response::new(v1::UpdateRuntimeConfigResponse {}))
     }
 

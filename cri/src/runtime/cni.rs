@@ -249,6 +249,38 @@ impl Cni {
         Ok(())
     }
 
+    /// The pod CIDR the kubelet reported (UpdateRuntimeConfig, from the Node's
+    /// `spec.podCIDRs`): the default network we wrote is rewritten for it (with the
+    /// bridge of that CIDR); a network config of anyone else's decides by itself.
+    /// Pods already running keep their addresses. Returns whether it was rewritten.
+    pub fn set_pod_cidr(&self, pod_cidr: &str) -> Result<bool> {
+        let dir = &self.cfg.conf_dir;
+        let ours = dir.join(DEFAULT_CONFLIST);
+        let files = config_files(dir)?;
+        if pod_cidr.trim().is_empty() || files != [ours.clone()] {
+            return Ok(false);
+        }
+        let current = NetworkConfig::from_file(&ours)?;
+        let wanted = default_conflist(
+            DEFAULT_NETWORK,
+            &default_bridge(pod_cidr),
+            pod_cidr,
+            &self.ipam_data_dir(),
+        )?;
+        if current.name != DEFAULT_NETWORK {
+            return Ok(false);
+        }
+        let on_disk: Value =
+            serde_json::from_slice(&fs::read(&ours).map_err(io_err("reading cni config", &ours))?)
+                .unwrap_or(Value::Null);
+        if on_disk == wanted {
+            return Ok(false);
+        }
+        write_atomic(&ours, &to_pretty_json(&wanted))?;
+        tracing::info!(path = %ours.display(), %pod_cidr, "default cni network now on the node's pod CIDR");
+        Ok(true)
+    }
+
     /// Where the default config's host-local IPAM keeps its leases.
     pub fn ipam_data_dir(&self) -> PathBuf {
         self.cfg.cache_dir.join("host-local")
@@ -1541,6 +1573,35 @@ mod tests {
         let other = setup(Some(CHAIN), ALL_BINS);
         other.cni.ensure_default_conflist().expect("ensure");
         assert!(!other.conf_dir().join(DEFAULT_CONFLIST).exists());
+    }
+
+    #[test]
+    fn the_nodes_pod_cidr_rewrites_only_our_default_network() {
+        let s = setup(None, ALL_BINS);
+        s.cni.ensure_default_conflist().expect("ensure");
+        let path = s.conf_dir().join(DEFAULT_CONFLIST);
+        assert!(s.cni.set_pod_cidr("10.244.3.0/24").expect("set"));
+        let conf: Value = serde_json::from_slice(&fs::read(&path).expect("read")).expect("json");
+        assert_eq!(
+            conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.3.0/24"
+        );
+        assert_eq!(
+            conf["plugins"][0]["bridge"],
+            default_bridge("10.244.3.0/24")
+        );
+        assert!(
+            !s.cni.set_pod_cidr("10.244.3.0/24").expect("same"),
+            "unchanged"
+        );
+        assert!(!s.cni.set_pod_cidr("").expect("empty"), "nothing reported");
+        assert!(
+            s.cni.set_pod_cidr("not-a-cidr").is_err(),
+            "a bad CIDR is an error"
+        );
+        // Someone else's network config is theirs.
+        let other = setup(Some(CHAIN), ALL_BINS);
+        assert!(!other.cni.set_pod_cidr("10.244.3.0/24").expect("other"));
     }
 
     #[test]

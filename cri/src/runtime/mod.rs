@@ -205,6 +205,11 @@ impl Runtime {
         &self.cfg
     }
 
+    /// The node's pod CIDR, reported by the kubelet (see [`cni::Cni::set_pod_cidr`]).
+    pub fn set_pod_cidr(&self, pod_cidr: &str) -> Result<bool> {
+        Ok(self.cni.set_pod_cidr(pod_cidr)?)
+    }
+
     /// The lock of one object; hold it across a whole RPC on that object.
     async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
