@@ -9,6 +9,11 @@
 //!   relists once and the stream is reopened.
 //! - A sync observes the runtime, asks the pure planner what to do, does it, and
 //!   computes the pod's status from what the runtime then reports.
+//! - Pods from the API server get the objects they reference (config maps, secrets,
+//!   tokens, services, pull secrets) through [`Objects`], given by
+//!   [`Engine::set_objects`]. The volumes of those objects are refreshed while the pod
+//!   runs: when the implementation reports a change of a referenced object, and every
+//!   [`REFRESH`] (tokens are renewed at 80 % of their life).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use crate::backoff::BackoffPolicy;
 use crate::cgroups::PodCgroups;
 use crate::cri::Cri;
+use crate::objects::{self, ObjectRef, Objects, PodObjects, TokenCache};
 use crate::probe::{Kind, ProbeUpdate, Prober};
 use crate::translate::{self, ContainerKind, NodeInfo};
 use crate::{LABEL_CONTAINER_NAME, Observed, handlers, plan, status, termination, volumes};
@@ -92,6 +98,10 @@ struct Inner {
     terminated: broadcast::Sender<String>,
     probes: Mutex<HashMap<String, ProbeState>>,
     prober: Mutex<Prober>,
+    /// The API objects pods may reference; None standalone.
+    objects: std::sync::RwLock<Option<Arc<dyn Objects>>>,
+    /// Projected service account tokens of the pods.
+    tokens: TokenCache,
 }
 
 /// The pod lifecycle engine.
@@ -113,6 +123,8 @@ impl Engine {
             views: watch::channel(PodViews::new()).0,
             terminated: broadcast::channel(1024).0,
             probes: Mutex::default(),
+            objects: std::sync::RwLock::new(None),
+            tokens: TokenCache::default(),
         });
         tokio::spawn(events(Arc::clone(&inner)));
         tokio::spawn(probe_results(Arc::clone(&inner), probe_rx));
@@ -210,6 +222,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Gives the engine the API objects pods from the API server reference (in a
+    /// cluster: config maps, secrets, service account tokens, services, pull secrets).
+    /// Without it (standalone) a pod referencing one does not start. Give it before the
+    /// API server's pods; changes it reports refresh the volumes of the pods
+    /// referencing the changed object.
+    pub fn set_objects(&self, objects: Arc<dyn Objects>) {
+        if let Some(rx) = objects.changes() {
+            tokio::spawn(object_changes(Arc::clone(&self.inner), rx));
+        }
+        *self
+            .inner
+            .objects
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(objects);
+    }
+
     /// The pods and their statuses, updated after every sync.
     pub fn views(&self) -> watch::Receiver<PodViews> {
         self.inner.views.subscribe()
@@ -237,6 +265,24 @@ impl Inner {
             wake,
             full_name,
             seq,
+        }
+    }
+
+    fn objects(&self) -> Option<Arc<dyn Objects>> {
+        self.objects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The API objects the pod's volumes project, fetched now (nothing for a pod
+    /// without such volumes, or without an API server).
+    async fn volume_objects(&self, pod: &Pod) -> PodObjects {
+        match self.objects() {
+            Some(o) if objects::has_api_volumes(pod) => {
+                objects::fetch_volume_objects(&*o, &self.tokens, pod, SystemTime::now()).await
+            }
+            _ => PodObjects::default(),
         }
     }
 
@@ -317,6 +363,30 @@ fn wake_all(inner: &Inner) {
     }
 }
 
+/// Changes of referenced objects → a sync (which refreshes the volumes) of each pod
+/// referencing the changed object; a lagging receiver wakes every pod.
+async fn object_changes(inner: Arc<Inner>, mut rx: broadcast::Receiver<ObjectRef>) {
+    loop {
+        match rx.recv().await {
+            Ok(changed) => {
+                for w in lock(&inner.workers).values() {
+                    let refers = w
+                        .desired
+                        .borrow()
+                        .as_ref()
+                        .is_some_and(|p| objects::references(p).contains(&changed));
+                    if refers {
+                        tracing::debug!(object = %changed, "a referenced object changed");
+                        w.wake.notify_one();
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => wake_all(&inner),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
 /// Probe results → the probe state of the pod, and a sync of its worker.
 async fn probe_results(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<ProbeUpdate>) {
     while let Some(u) = rx.recv().await {
@@ -362,6 +432,74 @@ struct PodMemory {
     image_backoff: HashMap<String, crate::Backoff>,
     status: Option<PodStatus>,
     post_start_done: HashSet<String>,
+    /// While a volume cannot be set up: when to try again (doubling).
+    mount_retry: Option<Duration>,
+    /// The volumes as last set up: a container restarting while an object it projects
+    /// is gone (or the API server is away) starts with the files it had, as upstream.
+    prepared: Option<volumes::PreparedVolumes>,
+}
+
+/// How often the volumes of API objects are rewritten from the API server's (current)
+/// objects while the pod runs, besides on reported changes: a changed config map or
+/// secret shows within this (plus the implementation's cache), a token is renewed.
+pub const REFRESH: Duration = Duration::from_secs(45);
+
+/// The first and the longest wait before setting up a failed volume again.
+const MOUNT_RETRY_MIN: Duration = Duration::from_secs(1);
+const MOUNT_RETRY_MAX: Duration = Duration::from_secs(32);
+
+/// The waiting reason of containers whose pod's volumes are not set up (upstream's).
+const REASON_CONTAINER_CREATING: &str = "ContainerCreating";
+
+/// Sets up the pod's volumes with the API objects they project. A volume whose content
+/// cannot be had (FailedMount: an object or key missing, the API failing) leaves the
+/// volumes as they were set up before, if they were; else every container waits with
+/// the reason, and None: try again after `mem.mount_retry`.
+async fn prepare_volumes(
+    inner: &Inner,
+    uid: &str,
+    pod: &Pod,
+    mem: &mut PodMemory,
+) -> Result<Option<volumes::PreparedVolumes>, SyncError> {
+    let objs = inner.volume_objects(pod).await;
+    match volumes::prepare_with(pod, &pod_dir(inner, uid), &inner.cfg.node, &objs) {
+        Ok(v) => {
+            mem.mount_retry = None;
+            mem.waiting
+                .retain(|_, (reason, _)| reason != REASON_CONTAINER_CREATING);
+            mem.prepared = Some(v.clone());
+            Ok(Some(v))
+        }
+        Err(e @ volumes::Error::SetUp { .. }) if mem.prepared.is_some() => {
+            tracing::warn!(pod = %pod_name(pod), pod.uid = %uid, err = %e, "volumes not refreshed; their files stay as they are");
+            Ok(mem.prepared.clone())
+        }
+        Err(e @ volumes::Error::SetUp { .. }) => {
+            let message = e.to_string();
+            tracing::warn!(pod = %pod_name(pod), pod.uid = %uid, %message, "volumes not set up");
+            for (_, c) in translate::containers(pod) {
+                mem.waiting.insert(
+                    c.name.clone(),
+                    (REASON_CONTAINER_CREATING.to_string(), message.clone()),
+                );
+            }
+            let next = mem
+                .mount_retry
+                .map_or(MOUNT_RETRY_MIN, |d| (d * 2).min(MOUNT_RETRY_MAX));
+            mem.mount_retry = Some(next);
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Rewrites the volumes of a running pod from the current objects (a changed config map
+/// or secret, a renewed token). A failure leaves the files as they are.
+async fn refresh_volumes(inner: &Inner, uid: &str, pod: &Pod) {
+    let objs = inner.volume_objects(pod).await;
+    if let Err(e) = volumes::prepare_with(pod, &pod_dir(inner, uid), &inner.cfg.node, &objs) {
+        tracing::warn!(pod = %pod_name(pod), pod.uid = %uid, err = %e, "refreshing volumes; their files stay as they are");
+    }
 }
 
 const RETRY_MIN: Duration = Duration::from_secs(1);
@@ -549,6 +687,28 @@ async fn sync_once(
         return Ok(Step::Done(None));
     }
     let observed = inner.cri.observe(uid).await?;
+    // A static pod runs without the API server: one naming an API object does not run
+    // (upstream refuses its manifest); its status says why.
+    if is_static(pod)
+        && let Some(reference) = objects::static_pod_reference(pod)
+    {
+        let message = reference.to_string();
+        for (_, c) in translate::containers(pod) {
+            mem.waiting.insert(
+                c.name.clone(),
+                ("CreateContainerConfigError".to_string(), message.clone()),
+            );
+        }
+        if mem.status.is_none() {
+            tracing::warn!(pod = %name, %message, "static pod not run");
+        }
+        publish(inner, uid, pod, mem, &observed, false);
+        return Ok(Step::Done(None));
+    }
+    let api_objects = inner.objects().filter(|_| !is_static(pod));
+    if let Some(o) = &api_objects {
+        o.track(uid, &objects::references(pod));
+    }
     BackoffPolicy::default().record_exits(&mut mem.backoff, &observed);
     let (liveness_failed, startup_failed) = {
         let probes = lock(&inner.probes);
@@ -595,7 +755,10 @@ async fn sync_once(
     }
     if let Some(attempt) = plan.create_sandbox {
         // Volumes exist before any container of the new sandbox needs them.
-        volumes::prepare(pod, &pod_dir(inner, uid), &inner.cfg.node)?;
+        if prepare_volumes(inner, uid, pod, mem).await?.is_none() {
+            publish(inner, uid, pod, mem, &observed, false);
+            return Ok(Step::Done(mem.mount_retry));
+        }
         let config = translate::sandbox_config(pod, &inner.cfg.node, attempt, &inner.cfg.log_root)?;
         // The pod's cgroup, with the pod's limits, is the sandbox's parent.
         if let Some(cg) = &inner.cfg.cgroups {
@@ -636,19 +799,31 @@ async fn sync_once(
         .await?;
         changed = true;
     }
+    let sandbox_ready = observed
+        .sandboxes
+        .iter()
+        .any(|s| s.state == v1::PodSandboxState::SandboxReady as i32);
+    let mut volumes_written = false;
     if !plan.start.is_empty() {
         let sandbox = observed
             .sandboxes
             .iter()
             .find(|s| s.state == v1::PodSandboxState::SandboxReady as i32)
             .cloned();
-        if let Some(sandbox) = sandbox {
+        let vols = match &sandbox {
+            Some(_) => prepare_volumes(inner, uid, pod, mem).await?,
+            None => None,
+        };
+        volumes_written = vols.is_some();
+        if sandbox.is_some() && vols.is_none() {
+            retry_start = mem.mount_retry;
+        }
+        if let (Some(sandbox), Some(vols)) = (sandbox, vols) {
             let pod_ip = sandbox
                 .network
                 .as_ref()
                 .map(|n| n.ip.clone())
                 .unwrap_or_default();
-            let vols = volumes::prepare(pod, &pod_dir(inner, uid), &inner.cfg.node)?;
             for s in &plan.start {
                 match start_container(inner, pod, &sandbox, &vols, s, &pod_ip, mem).await {
                     Ok(()) => {
@@ -692,12 +867,17 @@ async fn sync_once(
         .collect();
     let pod_ip = handler_ip(inner, pod, &observed);
     lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
+    // The volumes of API objects follow their objects while the pod runs.
+    let refresh = api_objects.is_some() && objects::has_api_volumes(pod) && sandbox_ready;
+    if refresh && !volumes_written {
+        refresh_volumes(inner, uid, pod).await;
+    }
     publish(inner, uid, pod, mem, &observed, false);
     collect_dead(inner, &name, &observed).await;
-    let requeue = match (plan.requeue_after, retry_start) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let requeue = [plan.requeue_after, retry_start, refresh.then_some(REFRESH)]
+        .into_iter()
+        .flatten()
+        .min();
     Ok(Step::Done(requeue))
 }
 
@@ -929,16 +1109,39 @@ async fn start_container(
                 format!("no container {} in the pod", s.name),
             )
         })?;
-    let image = ensure_image(inner, &container, mem).await?;
+    let image = ensure_image(inner, pod, &container, mem).await?;
     let image_ref = image.id.clone();
     let config_error =
         |e: &dyn std::fmt::Display| ("CreateContainerConfigError".to_string(), e.to_string());
     let image_uid = image.uid.as_ref().map(|u| u.value);
     translate::verify_run_as_non_root(pod, &container, image_uid, &image.username)
         .map_err(|e| config_error(&e))?;
+    // What the environment names: config maps, secrets, services.
+    let env_objects = match inner.objects() {
+        Some(o) => {
+            let (found, services_failed) = objects::fetch_env_objects(&*o, pod, &container).await;
+            if let Some(e) = services_failed {
+                // A static pod may run while the API server is away; an API pod needs
+                // its service variables (upstream waits for the services to be read).
+                if !is_static(pod) {
+                    return Err(config_error(&e));
+                }
+                tracing::warn!(pod = %pod_name(pod), err = %e, "no service environment variables");
+            }
+            found
+        }
+        None => PodObjects::default(),
+    };
     // subPathExpr expands against the container's environment.
-    let env = translate::container_env(pod, &container, s.kind, &inner.cfg.node, pod_ip)
-        .map_err(|e| config_error(&e))?;
+    let env = translate::container_env_with(
+        pod,
+        &container,
+        s.kind,
+        &inner.cfg.node,
+        pod_ip,
+        &env_objects,
+    )
+    .map_err(|e| config_error(&e))?;
     let mut mounts =
         volumes::mounts_for_env(&container, vols, &env).map_err(|e| config_error(&e))?;
     if let Some(m) = hosts_mount(inner, pod, sandbox, &mounts).map_err(|e| config_error(&e))? {
@@ -955,7 +1158,7 @@ async fn start_container(
             ..Default::default()
         });
     }
-    let mut config = translate::container_config(
+    let mut config = translate::container_config_with(
         pod,
         &container,
         s.kind,
@@ -964,6 +1167,7 @@ async fn start_container(
         mounts,
         &inner.cfg.node,
         pod_ip,
+        &env_objects,
     )
     .map_err(|e| config_error(&e))?;
     translate::apply_image_user(&mut config, image_uid, &image.username);
@@ -1074,11 +1278,61 @@ fn hosts_mount(
     }))
 }
 
+/// The credentials to pull `image` for an API pod with: from its and its service
+/// account's pull secrets, most specific registry location first (empty: anonymous).
+async fn pull_auths(inner: &Inner, pod: &Pod, image: &str) -> Vec<v1::AuthConfig> {
+    let Some(o) = inner.objects().filter(|_| !is_static(pod)) else {
+        return Vec::new();
+    };
+    let secrets = objects::pull_secrets(&*o, pod).await;
+    let (ring, errors) = crate::credentials::Keyring::from_secrets(&secrets);
+    for e in errors {
+        tracing::warn!(pod = %pod_name(pod), err = %e, "image pull secret not used");
+    }
+    ring.lookup(image)
+}
+
+/// Pulls with each of `auths` in turn until one works (anonymously without any), as
+/// upstream; the last failure otherwise.
+async fn pull_with(
+    images: &mut proto::v1::image_service_client::ImageServiceClient<tonic::transport::Channel>,
+    spec: &v1::ImageSpec,
+    auths: Vec<v1::AuthConfig>,
+) -> Result<v1::PullImageResponse, tonic::Status> {
+    let attempts: Vec<Option<v1::AuthConfig>> = if auths.is_empty() {
+        vec![None]
+    } else {
+        auths.into_iter().map(Some).collect()
+    };
+    let mut last = tonic::Status::unknown("no pull attempted");
+    for auth in attempts {
+        let with_auth = auth.is_some();
+        match images
+            .pull_image(v1::PullImageRequest {
+                image: Some(spec.clone()),
+                auth,
+                sandbox_config: None,
+            })
+            .await
+        {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(e) => {
+                if with_auth {
+                    tracing::debug!(image = %spec.image, err = %e.message(), "pull with one credential failed");
+                }
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
 /// The image a container runs (its id and user, from ImageStatus), pulled per its pull
-/// policy; an image that failed to pull is retried only after its backoff
-/// (ImagePullBackOff).
+/// policy (with the pod's pull secrets); an image that failed to pull is retried only
+/// after its backoff (ImagePullBackOff).
 async fn ensure_image(
     inner: &Inner,
+    pod: &Pod,
     c: &Container,
     mem: &mut PodMemory,
 ) -> Result<v1::Image, (String, String)> {
@@ -1122,18 +1376,12 @@ async fn ensure_image(
             format!("back-off pulling image {image:?}"),
         ));
     }
-    tracing::info!(image = %image, "pulling image");
-    match images
-        .pull_image(v1::PullImageRequest {
-            image: Some(spec),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await
-    {
+    let auths = pull_auths(inner, pod, &image).await;
+    tracing::info!(image = %image, credentials = auths.len(), "pulling image");
+    match pull_with(&mut images, &spec, auths).await {
         Ok(r) => {
             mem.image_backoff.remove(&image);
-            let image_ref = r.into_inner().image_ref;
+            let image_ref = r.image_ref;
             // The pulled image's user, for runAsNonRoot and the default runAsUser.
             let pulled = images
                 .image_status(v1::ImageStatusRequest {
@@ -1389,6 +1637,11 @@ async fn terminate(
     // No probe runs against containers being stopped (a failing liveness probe must not
     // restart anything now).
     lock(&inner.prober).forget_pod(uid);
+    // Its objects are no longer watched, its tokens no longer renewed.
+    if let Some(o) = inner.objects() {
+        o.track(uid, &Default::default());
+    }
+    inner.tokens.forget_pod(uid);
     let observed = inner.cri.observe(uid).await?;
     let known = pod.is_some();
     // A pod left by an earlier run: its grace period and preStop hooks come back from

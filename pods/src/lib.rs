@@ -4,6 +4,8 @@
 //! - `translate`: a `Pod` → CRI `PodSandboxConfig` and `ContainerConfig`s (pure).
 //! - `plan`: desired pod + observed runtime state → actions (pure, table-tested).
 //! - `status`: observed state → `PodStatus` as the upstream kubelet computes it (pure).
+//! - `objects`: the seam through which API objects (config maps, secrets, tokens,
+//!   services) reach the engine; the kubelet implements it over its API client.
 //!
 //! The labels and annotations below are how a pod's sandbox and containers are found
 //! again in the runtime: the same keys the upstream kubelet writes, so `crictl ps`
@@ -11,9 +13,12 @@
 
 pub mod backoff;
 pub mod cgroups;
+pub mod credentials;
 pub mod cri;
 pub mod engine;
+pub mod envvars;
 pub mod handlers;
+pub mod objects;
 pub mod plan;
 pub mod probe;
 pub mod status;

@@ -1,9 +1,10 @@
 //! A `Pod` → the CRI configs that run it: one `PodSandboxConfig` per sandbox attempt and
 //! one `ContainerConfig` per container attempt.
 //!
-//! Pure functions of the pod and what the node tells about itself ([`NodeInfo`]); no I/O.
-//! The rules are the upstream kubelet's (kuberuntime sandbox/container config, QoS,
-//! downward API, DNS, `$(VAR)` expansion), including the API server's defaulting that a
+//! Pure functions of the pod, what the node tells about itself ([`NodeInfo`]) and the API
+//! objects fetched for it ([`PodObjects`]: config maps, secrets, service variables); no
+//! I/O. The rules are the upstream kubelet's (kuberuntime sandbox/container config, QoS,
+//! downward API, DNS, `$(VAR)` expansion, env and envFrom), including the API server's defaulting that a
 //! pod from a manifest never went through (requests default to limits, hostPort to
 //! containerPort on the host network, the 30 s grace period).
 
@@ -17,6 +18,7 @@ use k8s_openapi::api::core::v1::{Pod, PodSecurityContext};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use proto::v1;
 
+use crate::objects::{Lookup, PodObjects};
 use crate::{
     ANNOTATION_CONTAINER_HASH, ANNOTATION_PRE_STOP_HANDLER, ANNOTATION_RESTART_COUNT,
     ANNOTATION_TERMINATION_GRACE, ANNOTATION_TERMINATION_MESSAGE_PATH,
@@ -40,6 +42,25 @@ pub enum Error {
     Unsupported {
         pod: String,
         field: String,
+        reason: String,
+    },
+    /// An object the environment names does not exist (upstream's words:
+    /// `configmap "x" not found`).
+    #[error("{kind} \"{name}\" not found")]
+    ObjectNotFound { kind: &'static str, name: String },
+    /// A key the environment names is not in its object (upstream's words).
+    #[error("couldn't find key {key} in {kind} {namespace}/{name}")]
+    MissingKey {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    /// The object could not be read: the reason names it.
+    #[error("{reason}")]
+    ObjectUnavailable {
+        kind: &'static str,
+        name: String,
         reason: String,
     },
 }
@@ -552,6 +573,24 @@ fn sandbox_resources(
         linux_resources_of(Some(cpu), cpu, amount(&overhead, "memory"))
     };
     Ok((resources, overhead))
+}
+
+/// The pod's effective requests (init peak vs sum, sidecars, overhead) as the scheduler
+/// and the kubelet's admission count them: cpu in millicores, everything else in whole
+/// units (bytes, counts), rounded up. Unparsable quantities are left out.
+pub fn pod_requests(pod: &Pod) -> BTreeMap<String, i64> {
+    effective_resources(pod, |r| &r.requests, Overhead::Add)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| {
+            let n = if k == "cpu" {
+                to_milli(v)
+            } else {
+                saturate(ceil_div(v, NANO))
+            };
+            (k, n)
+        })
+        .collect()
 }
 
 /// The pod's effective cpu request in millicores (what its QoS tier is sized by); 0 when
@@ -1847,8 +1886,8 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// The container's environment: `env` in order (a later duplicate replaces the value in
-/// place), values expanded against the variables defined before them.
+/// The container's environment without API objects (a static pod, no API server):
+/// [`container_env_with`] with nothing fetched.
 pub fn container_env(
     pod: &Pod,
     c: &Container,
@@ -1856,14 +1895,185 @@ pub fn container_env(
     node: &NodeInfo,
     pod_ip: &str,
 ) -> Result<Vec<v1::KeyValue>> {
-    if c.env_from.as_ref().is_some_and(|e| !e.is_empty()) {
-        return Err(unsupported(
-            pod,
-            container_field(kind, c, "envFrom"),
-            "config maps and secrets need an API server",
-        ));
+    container_env_with(pod, c, kind, node, pod_ip, &PodObjects::default())
+}
+
+/// One key of a config map or secret, as upstream resolves `configMapKeyRef` and
+/// `secretKeyRef`: None when an optional object or key is missing (the variable is
+/// then not set).
+fn object_key(
+    pod: &Pod,
+    field: String,
+    kind: ObjectKind,
+    name: &str,
+    key: &str,
+    optional: bool,
+    objects: &PodObjects,
+) -> Result<Option<String>> {
+    let data = match kind.lookup(objects, name) {
+        None => return Err(unsupported(pod, field, kind.needs_api())),
+        Some(Lookup::NotFound) if optional => return Ok(None),
+        Some(Lookup::NotFound) => {
+            return Err(Error::ObjectNotFound {
+                kind: kind.singular(),
+                name: name.to_string(),
+            });
+        }
+        Some(Lookup::Failed(reason)) => {
+            return Err(Error::ObjectUnavailable {
+                kind: kind.singular(),
+                name: name.to_string(),
+                reason,
+            });
+        }
+        Some(Lookup::Found(data)) => data,
+    };
+    match data.into_iter().find(|(k, _)| k == key) {
+        Some((_, v)) => Ok(Some(v)),
+        None if optional => Ok(None),
+        None => Err(Error::MissingKey {
+            kind: kind.title(),
+            namespace: pod_namespace(pod).to_string(),
+            name: name.to_string(),
+            key: key.to_string(),
+        }),
     }
+}
+
+/// A config map or a secret, as the environment reads them (strings; a secret's bytes
+/// as UTF-8, lossily).
+#[derive(Debug, Clone, Copy)]
+enum ObjectKind {
+    ConfigMap,
+    Secret,
+}
+
+impl ObjectKind {
+    fn singular(self) -> &'static str {
+        match self {
+            ObjectKind::ConfigMap => "configmap",
+            ObjectKind::Secret => "secret",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            ObjectKind::ConfigMap => "ConfigMap",
+            ObjectKind::Secret => "Secret",
+        }
+    }
+
+    fn needs_api(self) -> &'static str {
+        match self {
+            ObjectKind::ConfigMap => "config maps need an API server",
+            ObjectKind::Secret => "secrets need an API server",
+        }
+    }
+
+    /// None: not fetched.
+    fn lookup(self, objects: &PodObjects, name: &str) -> Option<Lookup<Vec<(String, String)>>> {
+        fn convert<T>(
+            l: &Lookup<T>,
+            f: impl Fn(&T) -> Vec<(String, String)>,
+        ) -> Lookup<Vec<(String, String)>> {
+            match l {
+                Lookup::Found(o) => Lookup::Found(f(o)),
+                Lookup::NotFound => Lookup::NotFound,
+                Lookup::Failed(m) => Lookup::Failed(m.clone()),
+            }
+        }
+        match self {
+            ObjectKind::ConfigMap => objects.config_maps.get(name).map(|l| {
+                convert(l, |cm| {
+                    cm.data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+            }),
+            ObjectKind::Secret => objects.secrets.get(name).map(|l| {
+                convert(l, |s| {
+                    crate::objects::secret_data(s)
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                        .collect()
+                })
+            }),
+        }
+    }
+}
+
+fn set_var(env: &mut Vec<v1::KeyValue>, key: String, value: String) {
+    match env.iter_mut().find(|kv| kv.key == key) {
+        Some(kv) => kv.value = value,
+        None => env.push(v1::KeyValue { key, value }),
+    }
+}
+
+/// The container's environment as upstream builds it: `envFrom` sources in order (keys
+/// with their prefix; a later source wins), then `env` in order (a later duplicate
+/// replaces the value in place; `$(VAR)` expanded against the variables defined before
+/// and the service variables; `configMapKeyRef`/`secretKeyRef` read from `objects`),
+/// then the service variables (`objects.service_env`) no other variable set.
+pub fn container_env_with(
+    pod: &Pod,
+    c: &Container,
+    kind: ContainerKind,
+    node: &NodeInfo,
+    pod_ip: &str,
+    objects: &PodObjects,
+) -> Result<Vec<v1::KeyValue>> {
     let mut env: Vec<v1::KeyValue> = Vec::new();
+    for (i, from) in c.env_from.iter().flatten().enumerate() {
+        let field = container_field(kind, c, &format!("envFrom[{i}]"));
+        let (source, (name, optional)) = match (&from.config_map_ref, &from.secret_ref) {
+            (Some(r), None) => (
+                ObjectKind::ConfigMap,
+                (r.name.as_str(), r.optional.unwrap_or(false)),
+            ),
+            (None, Some(r)) => (
+                ObjectKind::Secret,
+                (r.name.as_str(), r.optional.unwrap_or(false)),
+            ),
+            _ => {
+                return Err(invalid(
+                    pod,
+                    field,
+                    "needs exactly one of configMapRef and secretRef",
+                ));
+            }
+        };
+        let data = match source.lookup(objects, name) {
+            None => {
+                return Err(unsupported(
+                    pod,
+                    field,
+                    "config maps and secrets need an API server",
+                ));
+            }
+            Some(Lookup::Found(data)) => data,
+            Some(Lookup::NotFound) if optional => continue,
+            Some(Lookup::NotFound) => {
+                return Err(Error::ObjectNotFound {
+                    kind: source.singular(),
+                    name: name.to_string(),
+                });
+            }
+            Some(Lookup::Failed(reason)) => {
+                return Err(Error::ObjectUnavailable {
+                    kind: source.singular(),
+                    name: name.to_string(),
+                    reason,
+                });
+            }
+        };
+        let prefix = from.prefix.as_deref().unwrap_or_default();
+        for (k, v) in data {
+            set_var(&mut env, format!("{prefix}{k}"), v);
+        }
+    }
+    let service_env = objects.service_env.as_ref();
     for var in c.env.iter().flatten() {
         let field = container_field(kind, c, &format!("env[{}]", var.name));
         let value = match var.value_from.as_ref() {
@@ -1873,25 +2083,38 @@ pub fn container_env(
                     env.iter()
                         .find(|kv| kv.key == name)
                         .map(|kv| kv.value.clone())
+                        .or_else(|| service_env.and_then(|s| s.get(name).cloned()))
                 })
             }
             Some(from) => {
                 let field = format!("{field}.valueFrom");
-                if from.config_map_key_ref.is_some() {
-                    return Err(unsupported(
+                if let Some(r) = from.config_map_key_ref.as_ref() {
+                    match object_key(
                         pod,
                         format!("{field}.configMapKeyRef"),
-                        "config maps need an API server",
-                    ));
-                }
-                if from.secret_key_ref.is_some() {
-                    return Err(unsupported(
+                        ObjectKind::ConfigMap,
+                        &r.name,
+                        &r.key,
+                        r.optional.unwrap_or(false),
+                        objects,
+                    )? {
+                        Some(v) => v,
+                        None => continue,
+                    }
+                } else if let Some(r) = from.secret_key_ref.as_ref() {
+                    match object_key(
                         pod,
                         format!("{field}.secretKeyRef"),
-                        "secrets need an API server",
-                    ));
-                }
-                if let Some(sel) = from.field_ref.as_ref() {
+                        ObjectKind::Secret,
+                        &r.name,
+                        &r.key,
+                        r.optional.unwrap_or(false),
+                        objects,
+                    )? {
+                        Some(v) => v,
+                        None => continue,
+                    }
+                } else if let Some(sel) = from.field_ref.as_ref() {
                     field_ref_value(
                         pod,
                         &format!("{field}.fieldRef"),
@@ -1918,12 +2141,14 @@ pub fn container_env(
                 }
             }
         };
-        match env.iter_mut().find(|kv| kv.key == var.name) {
-            Some(kv) => kv.value = value,
-            None => env.push(v1::KeyValue {
-                key: var.name.clone(),
-                value,
-            }),
+        set_var(&mut env, var.name.clone(), value);
+    }
+    for (k, v) in service_env.into_iter().flatten() {
+        if !env.iter().any(|kv| &kv.key == k) {
+            env.push(v1::KeyValue {
+                key: k.clone(),
+                value: v.clone(),
+            });
         }
     }
     Ok(env)
@@ -1942,7 +2167,7 @@ pub(crate) fn find_container<'a>(pod: &'a Pod, name: &str) -> Option<&'a Contain
 /// Seconds a pod gets between the stop signal and SIGKILL when it names none.
 const DEFAULT_GRACE_SECONDS: i64 = 30;
 
-/// The config of one attempt of container `c`.
+/// The config of one attempt of container `c` (its environment without API objects).
 #[allow(clippy::too_many_arguments)]
 pub fn container_config(
     pod: &Pod,
@@ -1954,9 +2179,36 @@ pub fn container_config(
     node: &NodeInfo,
     pod_ip: &str,
 ) -> Result<v1::ContainerConfig> {
+    container_config_with(
+        pod,
+        c,
+        kind,
+        attempt,
+        image_ref,
+        mounts,
+        node,
+        pod_ip,
+        &PodObjects::default(),
+    )
+}
+
+/// The config of one attempt of container `c`, its environment from
+/// [`container_env_with`] and `objects`.
+#[allow(clippy::too_many_arguments)]
+pub fn container_config_with(
+    pod: &Pod,
+    c: &Container,
+    kind: ContainerKind,
+    attempt: u32,
+    image_ref: &str,
+    mounts: Vec<v1::Mount>,
+    node: &NodeInfo,
+    pod_ip: &str,
+    objects: &PodObjects,
+) -> Result<v1::ContainerConfig> {
     let m = meta(pod)?;
     let spec = spec(pod)?;
-    let envs = container_env(pod, c, kind, node, pod_ip)?;
+    let envs = container_env_with(pod, c, kind, node, pod_ip, objects)?;
     let lookup = |name: &str| {
         envs.iter()
             .find(|kv| kv.key == name)
@@ -2609,6 +2861,153 @@ mod tests {
             {"name": "side", "image": "x", "resources": resources(&[], &[("memory", "32Mi")])},
         ]}));
         assert_eq!(env_of(&pod, "")?[0].1, "32");
+        Ok(())
+    }
+
+    fn api_objects() -> PodObjects {
+        let mut o = PodObjects::default();
+        let cm = |v: Value| Lookup::Found(serde_json::from_value(v).expect("configmap"));
+        let secret = |v: Value| Lookup::Found(serde_json::from_value(v).expect("secret"));
+        o.config_maps.insert(
+            "cfg".into(),
+            cm(json!({"metadata": {"name": "cfg"}, "data": {"MODE": "fast", "LEVEL": "3", "bad key": "x"}})),
+        );
+        o.config_maps.insert("gone".into(), Lookup::NotFound);
+        o.config_maps.insert(
+            "broken".into(),
+            Lookup::Failed("getting configmap ns/broken: connection refused".into()),
+        );
+        o.secrets.insert(
+            "db".into(),
+            // "s3cr3t", "admin"
+            secret(json!({"metadata": {"name": "db"}, "data": {"PASSWORD": "czNjcjN0", "USER": "YWRtaW4="}})),
+        );
+        o.secrets.insert("nosecret".into(), Lookup::NotFound);
+        o.service_env = Some(
+            [
+                ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+                ("KUBERNETES_SERVICE_PORT", "443"),
+                ("LEVEL", "from-service"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        o
+    }
+
+    fn api_env_of(container: Value) -> Result<Vec<(String, String)>> {
+        let pod = pod_with(json!({"containers": [container]}));
+        Ok(container_env_with(
+            &pod,
+            first(&pod),
+            ContainerKind::Regular,
+            &node(),
+            "",
+            &api_objects(),
+        )?
+        .into_iter()
+        .map(|kv| (kv.key, kv.value))
+        .collect())
+    }
+
+    #[test]
+    fn env_from_config_maps_secrets_and_services() -> Result<()> {
+        let env = api_env_of(json!({"name": "app", "image": "x",
+        "envFrom": [
+            {"configMapRef": {"name": "cfg"}},
+            {"prefix": "DB_", "secretRef": {"name": "db"}},
+            {"configMapRef": {"name": "gone", "optional": true}}
+        ],
+        "env": [
+            {"name": "MODE", "value": "slow"},
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "PASSWORD"}}},
+            {"name": "LVL", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "LEVEL"}}},
+            {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "nope", "optional": true}}},
+            {"name": "ALSO", "valueFrom": {"secretKeyRef": {"name": "nosecret", "key": "k", "optional": true}}},
+            {"name": "URL", "value": "https://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)/$(DB_USER)"}
+        ]}))?;
+        let want: Vec<(String, String)> = [
+            // envFrom first (keys in order, prefixed), `env` replacing in place…
+            ("LEVEL", "3"),
+            ("MODE", "slow"),
+            ("bad key", "x"),
+            ("DB_PASSWORD", "s3cr3t"),
+            ("DB_USER", "admin"),
+            ("PW", "s3cr3t"),
+            ("LVL", "3"),
+            ("URL", "https://10.96.0.1:443/admin"),
+            // …then the service variables nothing else set.
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(env, want);
+        Ok(())
+    }
+
+    #[test]
+    fn missing_env_objects_fail_with_upstream_messages() {
+        let cases = [
+            (
+                json!({"envFrom": [{"configMapRef": {"name": "gone"}}]}),
+                r#"configmap "gone" not found"#,
+            ),
+            (
+                json!({"envFrom": [{"secretRef": {"name": "nosecret"}}]}),
+                r#"secret "nosecret" not found"#,
+            ),
+            (
+                json!({"env": [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "gone", "key": "k"}}}]}),
+                r#"configmap "gone" not found"#,
+            ),
+            (
+                json!({"env": [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "k"}}}]}),
+                "couldn't find key k in ConfigMap default/cfg",
+            ),
+            (
+                json!({"env": [{"name": "V", "valueFrom": {"secretKeyRef": {"name": "db", "key": "k"}}}]}),
+                "couldn't find key k in Secret default/db",
+            ),
+            (
+                json!({"env": [{"name": "V", "valueFrom": {"configMapKeyRef": {"name": "broken", "key": "k", "optional": true}}}]}),
+                "getting configmap ns/broken: connection refused",
+            ),
+        ];
+        for (extra, want) in cases {
+            let mut c = json!({"name": "app", "image": "x"});
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            let err = api_env_of(c).expect_err(want);
+            assert_eq!(err.to_string(), want);
+        }
+    }
+
+    #[test]
+    fn container_config_carries_the_api_environment() -> Result<()> {
+        let pod = pod_with(json!({"containers": [{"name": "app", "image": "x",
+            "command": ["echo", "$(PW)"],
+            "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "db", "key": "PASSWORD"}}}]}]}));
+        let cfg = container_config_with(
+            &pod,
+            first(&pod),
+            ContainerKind::Regular,
+            0,
+            "img",
+            vec![],
+            &node(),
+            "",
+            &api_objects(),
+        )?;
+        assert_eq!(cfg.command, ["echo", "s3cr3t"]);
+        assert!(
+            cfg.envs
+                .iter()
+                .any(|kv| kv.key == "KUBERNETES_SERVICE_HOST")
+        );
         Ok(())
     }
 

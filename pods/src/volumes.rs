@@ -1,16 +1,21 @@
-//! The host side of the volumes that need no API server: emptyDir (disk, or tmpfs for
-//! `medium: Memory`), hostPath (every `type` and its check), downwardAPI and projected
-//! downwardAPI files; then a container's `volumeMounts` as CRI mounts.
+//! The host side of a pod's volumes: emptyDir (disk, or tmpfs for `medium: Memory`),
+//! hostPath (every `type` and its check), downwardAPI files, and the volumes of API
+//! objects: configMap, secret (on tmpfs) and projected (configMap, secret, downwardAPI
+//! and serviceAccountToken sources; on tmpfs when it holds a secret or a token); then a
+//! container's `volumeMounts` as CRI mounts. The API objects come fetched
+//! ([`PodObjects`], see `objects`): this module does no network I/O.
 //!
 //! Layout under a pod's volume root (`<kubelet root>/pods/<uid>/volumes`), as upstream:
 //! `kubernetes.io~empty-dir/<name>`, `kubernetes.io~downward-api/<name>`,
+//! `kubernetes.io~configmap/<name>`, `kubernetes.io~secret/<name>`,
 //! `kubernetes.io~projected/<name>`. hostPath volumes live where they are and are never
 //! touched by [`cleanup`].
 //!
-//! DownwardAPI files are published the way kubelet's atomic writer does it, so readers
-//! never see a half-written set: the files go into a fresh `..<timestamp>` directory,
-//! `..data` is swapped to it with a rename, and each user-visible top-level name is a
-//! symlink into `..data/`.
+//! Files are published the way kubelet's atomic writer does it, so readers never see a
+//! half-written set: the files go into a fresh `..<timestamp>` directory, `..data` is
+//! swapped to it with a rename, and each user-visible top-level name is a symlink into
+//! `..data/`. Publishing the same files again changes nothing; new content (a config map
+//! updated, a token renewed) is a new `..<timestamp>` directory swapped in whole.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -20,10 +25,11 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt}
 use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
 use proto::v1;
 use tracing::debug;
 
+use crate::objects::{Lookup, PodObjects, TokenSpec};
 use crate::translate::{self, FieldUse, NodeInfo};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -34,6 +40,10 @@ pub enum Error {
     Unsupported { volume: String, kind: String },
     #[error("volume {volume}: {reason}")]
     InvalidVolume { volume: String, reason: String },
+    /// The volume's content cannot be had (upstream's FailedMount): an object missing,
+    /// a key missing, the API server failing.
+    #[error("MountVolume.SetUp failed for volume \"{volume}\" : {reason}")]
+    SetUp { volume: String, reason: String },
     #[error("volume {volume}: hostPath {path}: {reason}")]
     HostPathType {
         volume: String,
@@ -102,19 +112,30 @@ pub enum VolumeKind {
     MemoryEmptyDir,
     HostPath,
     DownwardApi,
+    ConfigMap,
+    /// On tmpfs.
+    Secret,
     Projected,
 }
 
 impl VolumeKind {
     /// API data volumes are always mounted read-only, as upstream.
     fn always_read_only(self) -> bool {
-        matches!(self, VolumeKind::DownwardApi | VolumeKind::Projected)
+        matches!(
+            self,
+            VolumeKind::DownwardApi
+                | VolumeKind::ConfigMap
+                | VolumeKind::Secret
+                | VolumeKind::Projected
+        )
     }
 
     fn plugin_dir(self) -> Option<&'static str> {
         match self {
             VolumeKind::EmptyDir | VolumeKind::MemoryEmptyDir => Some("kubernetes.io~empty-dir"),
             VolumeKind::DownwardApi => Some("kubernetes.io~downward-api"),
+            VolumeKind::ConfigMap => Some("kubernetes.io~configmap"),
+            VolumeKind::Secret => Some("kubernetes.io~secret"),
             VolumeKind::Projected => Some("kubernetes.io~projected"),
             VolumeKind::HostPath => None,
         }
@@ -147,10 +168,23 @@ impl PreparedVolumes {
     }
 }
 
-/// Sets up every volume of the pod under `root` (`<kubelet root>/pods/<uid>/volumes`).
-/// Idempotent: run it again and mounted tmpfs stay, downwardAPI files are republished
-/// only when their content changed (new labels or annotations).
+/// Sets up every volume of the pod under `root` (`<kubelet root>/pods/<uid>/volumes`)
+/// with no API objects: a configMap, secret or token volume is unsupported.
 pub fn prepare(pod: &Pod, root: &Path, node: &NodeInfo) -> Result<PreparedVolumes> {
+    prepare_with(pod, root, node, &PodObjects::default())
+}
+
+/// Sets up every volume of the pod under `root` (`<kubelet root>/pods/<uid>/volumes`),
+/// the API objects from `objects` (a name it lacks was not fetched: unsupported).
+/// Idempotent: run it again and mounted tmpfs stay, files are republished only when
+/// their content changed (new labels or annotations, an updated config map or secret, a
+/// renewed token).
+pub fn prepare_with(
+    pod: &Pod,
+    root: &Path,
+    node: &NodeInfo,
+    objects: &PodObjects,
+) -> Result<PreparedVolumes> {
     let mut out = PreparedVolumes {
         subpaths: subpaths_dir(root),
         ..Default::default()
@@ -173,7 +207,7 @@ pub fn prepare(pod: &Pod, root: &Path, node: &NodeInfo) -> Result<PreparedVolume
                 reason: "declared twice".into(),
             });
         }
-        let prepared = prepare_one(pod, vol, root, node, fs_group)?;
+        let prepared = prepare_one(pod, vol, root, node, fs_group, objects)?;
         out.volumes.insert(vol.name.clone(), prepared);
     }
     Ok(out)
@@ -195,6 +229,7 @@ fn prepare_one(
     root: &Path,
     node: &NodeInfo,
     fs_group: Option<i64>,
+    objects: &PodObjects,
 ) -> Result<PreparedVolume> {
     let name = vol.name.clone();
     let dir_for = |kind: VolumeKind| -> Result<PathBuf> {
@@ -271,27 +306,95 @@ fn prepare_one(
             host_path: dir,
         });
     }
+    if let Some(cm) = vol.config_map.as_ref() {
+        let data = object_data(&name, "configMap", config_map_lookup(objects, &cm.name))?;
+        let mut payload = BTreeMap::new();
+        key_files(
+            &name,
+            &Source::ConfigMap(&cm.name),
+            data,
+            cm.optional.unwrap_or(false),
+            cm.items.as_deref(),
+            cm.default_mode,
+            &mut payload,
+        )?;
+        let dir = dir_for(VolumeKind::ConfigMap)?;
+        publish(&dir, &payload, fs_group)?;
+        return Ok(PreparedVolume {
+            name,
+            kind: VolumeKind::ConfigMap,
+            host_path: dir,
+        });
+    }
+    if let Some(sv) = vol.secret.as_ref() {
+        let secret = sv.secret_name.clone().unwrap_or_default();
+        let data = object_data(&name, "secret", secret_lookup(objects, &secret))?;
+        let mut payload = BTreeMap::new();
+        key_files(
+            &name,
+            &Source::Secret(&secret),
+            data,
+            sv.optional.unwrap_or(false),
+            sv.items.as_deref(),
+            sv.default_mode,
+            &mut payload,
+        )?;
+        let dir = dir_for(VolumeKind::Secret)?;
+        ensure_private_tmpfs(pod, vol, node, &dir)?;
+        publish(&dir, &payload, fs_group)?;
+        return Ok(PreparedVolume {
+            name,
+            kind: VolumeKind::Secret,
+            host_path: dir,
+        });
+    }
     if let Some(pr) = vol.projected.as_ref() {
         let mut payload = BTreeMap::new();
+        // As upstream, every source is tried and the failures are reported together.
+        let mut failures: Vec<String> = Vec::new();
+        let mut sensitive = false;
         for (i, source) in pr.sources.iter().flatten().enumerate() {
-            let other = if source.config_map.is_some() {
-                Some("configMap")
-            } else if source.secret.is_some() {
-                Some("secret")
-            } else if source.service_account_token.is_some() {
-                Some("serviceAccountToken")
-            } else if source.cluster_trust_bundle.is_some() {
-                Some("clusterTrustBundle")
-            } else {
-                None
+            let unsupported = |kind: &str| Error::Unsupported {
+                volume: name.clone(),
+                kind: format!("projected {kind} (source {i})"),
             };
-            if let Some(kind) = other {
-                return Err(Error::Unsupported {
-                    volume: name,
-                    kind: format!("projected {kind} (source {i})"),
-                });
-            }
-            if let Some(da) = source.downward_api.as_ref() {
+            let outcome = if let Some(cm) = source.config_map.as_ref() {
+                let data = match config_map_lookup(objects, &cm.name) {
+                    None => return Err(unsupported("configMap")),
+                    Some(l) => l,
+                };
+                key_files(
+                    &name,
+                    &Source::ConfigMap(&cm.name),
+                    data,
+                    cm.optional.unwrap_or(false),
+                    cm.items.as_deref(),
+                    pr.default_mode,
+                    &mut payload,
+                )
+            } else if let Some(sp) = source.secret.as_ref() {
+                sensitive = true;
+                let data = match secret_lookup(objects, &sp.name) {
+                    None => return Err(unsupported("secret")),
+                    Some(l) => l,
+                };
+                key_files(
+                    &name,
+                    &Source::Secret(&sp.name),
+                    data,
+                    sp.optional.unwrap_or(false),
+                    sp.items.as_deref(),
+                    pr.default_mode,
+                    &mut payload,
+                )
+            } else if let Some(tp) = source.service_account_token.as_ref() {
+                sensitive = true;
+                let token = match objects.tokens.get(&TokenSpec::of(tp)) {
+                    None => return Err(unsupported("serviceAccountToken")),
+                    Some(t) => t,
+                };
+                token_file(&name, tp, token, pr.default_mode, fs_group, &mut payload)
+            } else if let Some(da) = source.downward_api.as_ref() {
                 add_downward_items(
                     pod,
                     &name,
@@ -299,10 +402,37 @@ fn prepare_one(
                     pr.default_mode,
                     node,
                     &mut payload,
-                )?;
+                )
+            } else if source.cluster_trust_bundle.is_some() {
+                return Err(unsupported("clusterTrustBundle"));
+            } else {
+                Ok(())
+            };
+            match outcome {
+                Ok(()) => {}
+                Err(Error::SetUp { reason, .. }) => failures.push(reason),
+                Err(e) => return Err(e),
+            }
+        }
+        match failures.len() {
+            0 => {}
+            1 => {
+                return Err(Error::SetUp {
+                    volume: name,
+                    reason: failures.remove(0),
+                });
+            }
+            _ => {
+                return Err(Error::SetUp {
+                    volume: name,
+                    reason: format!("[{}]", failures.join(", ")),
+                });
             }
         }
         let dir = dir_for(VolumeKind::Projected)?;
+        if sensitive {
+            ensure_private_tmpfs(pod, vol, node, &dir)?;
+        }
         publish(&dir, &payload, fs_group)?;
         return Ok(PreparedVolume {
             name,
@@ -407,11 +537,18 @@ fn pod_memory_limit(pod: &Pod) -> Option<i64> {
 }
 
 fn mount_tmpfs(dir: &Path, size: i64) -> Result<()> {
-    let data = if size > 0 {
-        format!("size={size}")
-    } else {
-        String::new()
-    };
+    mount_tmpfs_with(dir, size, None)
+}
+
+fn mount_tmpfs_with(dir: &Path, size: i64, mode: Option<u32>) -> Result<()> {
+    let mut opts = Vec::new();
+    if size > 0 {
+        opts.push(format!("size={size}"));
+    }
+    if let Some(m) = mode {
+        opts.push(format!("mode={m:o}"));
+    }
+    let data = opts.join(",");
     debug!(path = %dir.display(), %data, "mount tmpfs");
     nix::mount::mount(
         Some("tmpfs"),
@@ -568,6 +705,196 @@ fn check_host_path(volume: &str, path: &Path, kind: &str) -> Result<()> {
             reason: format!("unknown hostPath type {other:?}"),
         }),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// configMap, secret and token files
+
+/// An object's keys (config map `data` and `binaryData`; secret `data`), None: not
+/// fetched.
+fn config_map_lookup(
+    objects: &PodObjects,
+    name: &str,
+) -> Option<Lookup<BTreeMap<String, Vec<u8>>>> {
+    let l = objects.config_maps.get(name)?;
+    Some(match l {
+        Lookup::Found(cm) => {
+            let mut data: BTreeMap<String, Vec<u8>> = cm
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+                .collect();
+            for (k, v) in cm.binary_data.iter().flatten() {
+                data.insert(k.clone(), v.0.clone());
+            }
+            Lookup::Found(data)
+        }
+        Lookup::NotFound => Lookup::NotFound,
+        Lookup::Failed(m) => Lookup::Failed(m.clone()),
+    })
+}
+
+fn secret_lookup(objects: &PodObjects, name: &str) -> Option<Lookup<BTreeMap<String, Vec<u8>>>> {
+    let l = objects.secrets.get(name)?;
+    Some(match l {
+        Lookup::Found(s) => Lookup::Found(crate::objects::secret_data(s)),
+        Lookup::NotFound => Lookup::NotFound,
+        Lookup::Failed(m) => Lookup::Failed(m.clone()),
+    })
+}
+
+/// A configMap or secret volume's lookup, or unsupported when it was not fetched.
+fn object_data<T>(volume: &str, kind: &str, l: Option<Lookup<T>>) -> Result<Lookup<T>> {
+    l.ok_or_else(|| Error::Unsupported {
+        volume: volume.to_string(),
+        kind: kind.to_string(),
+    })
+}
+
+/// Where a volume's keys come from, for upstream's error messages.
+enum Source<'a> {
+    ConfigMap(&'a str),
+    Secret(&'a str),
+}
+
+impl Source<'_> {
+    fn not_found(&self) -> String {
+        match self {
+            Source::ConfigMap(n) => format!("configmap \"{n}\" not found"),
+            Source::Secret(n) => format!("secret \"{n}\" not found"),
+        }
+    }
+
+    fn missing_key(&self, key: &str) -> String {
+        match self {
+            Source::ConfigMap(_) => format!("configmap references non-existent config key: {key}"),
+            Source::Secret(_) => format!("references non-existent secret key: {key}"),
+        }
+    }
+}
+
+/// The files of a config map or secret as upstream's MakePayload makes them: every key
+/// (or only the `items`, each at its path), with the item's mode or the default mode.
+/// A missing object or key fails unless `optional` (then it is left out).
+fn key_files(
+    volume: &str,
+    source: &Source<'_>,
+    data: Lookup<BTreeMap<String, Vec<u8>>>,
+    optional: bool,
+    items: Option<&[KeyToPath]>,
+    default_mode: Option<i32>,
+    payload: &mut BTreeMap<PathBuf, FileContent>,
+) -> Result<()> {
+    let set_up = |reason: String| Error::SetUp {
+        volume: volume.to_string(),
+        reason,
+    };
+    let data = match data {
+        Lookup::Found(d) => d,
+        Lookup::NotFound if optional => BTreeMap::new(),
+        Lookup::NotFound => return Err(set_up(source.not_found())),
+        Lookup::Failed(m) => return Err(set_up(m)),
+    };
+    let mut add = |path: &str, content: &[u8], mode: Option<i32>| -> Result<()> {
+        let rel = check_item_path(path).map_err(|r| Error::InvalidVolume {
+            volume: volume.to_string(),
+            reason: format!("path {path:?}: {r}"),
+        })?;
+        let mode = file_mode(volume, path, mode.or(default_mode))?;
+        payload.insert(
+            rel,
+            FileContent {
+                data: content.to_vec(),
+                mode,
+            },
+        );
+        Ok(())
+    };
+    match items {
+        None | Some([]) => {
+            for (k, v) in &data {
+                add(k, v, None)?;
+            }
+        }
+        Some(items) => {
+            for item in items {
+                match data.get(&item.key) {
+                    Some(v) => add(&item.path, v, item.mode)?,
+                    None if optional => {}
+                    None => return Err(set_up(source.missing_key(&item.key))),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A file mode from the API (`0644` when unset), checked.
+fn file_mode(volume: &str, path: &str, mode: Option<i32>) -> Result<u32> {
+    let mode = mode.unwrap_or(DEFAULT_FILE_MODE);
+    u32::try_from(mode)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| Error::InvalidVolume {
+            volume: volume.to_string(),
+            reason: format!("item {path}: mode {mode:#o} is out of range"),
+        })
+}
+
+/// A projected token's file: the volume's default mode, or 0600 under an fsGroup (which
+/// then makes it 0640), as upstream.
+fn token_file(
+    volume: &str,
+    tp: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+    token: &Lookup<crate::objects::Token>,
+    default_mode: Option<i32>,
+    fs_group: Option<i64>,
+    payload: &mut BTreeMap<PathBuf, FileContent>,
+) -> Result<()> {
+    let token = match token {
+        Lookup::Found(t) => t,
+        Lookup::NotFound => {
+            return Err(Error::SetUp {
+                volume: volume.to_string(),
+                reason: "the service account or the pod does not exist".into(),
+            });
+        }
+        Lookup::Failed(m) => {
+            return Err(Error::SetUp {
+                volume: volume.to_string(),
+                reason: m.clone(),
+            });
+        }
+    };
+    let rel = check_item_path(&tp.path).map_err(|r| Error::InvalidVolume {
+        volume: volume.to_string(),
+        reason: format!("path {:?}: {r}", tp.path),
+    })?;
+    let mode = if fs_group.is_some() {
+        0o600
+    } else {
+        file_mode(volume, &tp.path, default_mode)?
+    };
+    payload.insert(
+        rel,
+        FileContent {
+            data: token.token.clone().into_bytes(),
+            mode,
+        },
+    );
+    Ok(())
+}
+
+/// `dir` as the root of a tmpfs (mode 0755) of the pod's memory size: secrets and tokens
+/// never touch a disk.
+fn ensure_private_tmpfs(pod: &Pod, vol: &Volume, node: &NodeInfo, dir: &Path) -> Result<()> {
+    mkdir_mode(dir, 0o755)?;
+    if !is_mount_point(dir)? {
+        let size = memory_volume_size(pod, vol, node)?;
+        mount_tmpfs_with(dir, size, Some(0o755))?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -748,7 +1075,7 @@ fn publish(
     }
     std::os::unix::fs::symlink(&ts_name, &tmp_link).map_err(io_err("symlinking", &tmp_link))?;
     fs::rename(&tmp_link, &data_link).map_err(io_err("renaming", &tmp_link))?;
-    debug!(path = %dir.display(), ts = %ts_name, "published downward API files");
+    debug!(path = %dir.display(), ts = %ts_name, "published volume files");
 
     ensure_user_links(dir, payload)?;
     remove_stale_user_links(dir, payload)?;
@@ -2043,5 +2370,352 @@ mod tests {
         assert_eq!(unescape_mountinfo("/a\\040b"), OsString::from("/a b"));
         assert_eq!(unescape_mountinfo("/a\\134b"), OsString::from("/a\\b"));
         assert_eq!(unescape_mountinfo("/plain\\"), OsString::from("/plain\\"));
+    }
+
+    // -----------------------------------------------------------------------------------
+    // API object volumes
+
+    fn objects_with(cms: Value, secrets: Value) -> PodObjects {
+        let mut o = PodObjects::default();
+        for (name, v) in cms.as_object().into_iter().flatten() {
+            let l = if v.is_null() {
+                Lookup::NotFound
+            } else if let Some(m) = v.as_str() {
+                Lookup::Failed(m.to_string())
+            } else {
+                Lookup::Found(serde_json::from_value(v.clone()).expect("configmap"))
+            };
+            o.config_maps.insert(name.clone(), l);
+        }
+        for (name, v) in secrets.as_object().into_iter().flatten() {
+            let l = if v.is_null() {
+                Lookup::NotFound
+            } else {
+                Lookup::Found(serde_json::from_value(v.clone()).expect("secret"))
+            };
+            o.secrets.insert(name.clone(), l);
+        }
+        o
+    }
+
+    /// Every file under `dir` by its path relative to it, symlinks as `-> target`.
+    fn layout(dir: &Path) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![(dir.to_path_buf(), String::new())];
+        while let Some((p, rel)) = stack.pop() {
+            for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let rel = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let md = fs::symlink_metadata(e.path()).expect("stat");
+                if md.file_type().is_symlink() {
+                    let t = fs::read_link(e.path()).expect("link");
+                    out.insert(rel, format!("-> {}", t.display()));
+                } else if md.is_dir() {
+                    stack.push((e.path(), rel));
+                } else {
+                    out.insert(rel, format!("{:o}", md.mode() & 0o777));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn config_map_volume_layout_items_and_modes() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("volumes");
+        let cm = json!({"metadata": {"name": "cfg"},
+            "data": {"app.conf": "port=80", "extra": "x"},
+            "binaryData": {"blob": "AAEC"}});
+        let all = pod_with(
+            json!([{"name": "all", "configMap": {"name": "cfg", "defaultMode": 0o640}}]),
+            json!([]),
+        );
+        let objs = objects_with(json!({"cfg": cm}), json!({}));
+        let vols = prepare_with(&all, &root, &node(), &objs)?;
+        let v = vols.get("all").ok_or("no volume")?;
+        assert_eq!(v.kind, VolumeKind::ConfigMap);
+        assert_eq!(v.host_path, root.join("kubernetes.io~configmap/all"));
+        let files = layout(&v.host_path);
+        let ts = fs::read_link(v.host_path.join("..data"))?;
+        let ts = ts.to_string_lossy().into_owned();
+        assert!(ts.starts_with("..20"), "{ts}");
+        let want: BTreeMap<String, String> = [
+            ("..data".to_string(), format!("-> {ts}")),
+            ("app.conf".into(), "-> ..data/app.conf".into()),
+            ("extra".into(), "-> ..data/extra".into()),
+            ("blob".into(), "-> ..data/blob".into()),
+            (format!("{ts}/app.conf"), "640".into()),
+            (format!("{ts}/extra"), "640".into()),
+            (format!("{ts}/blob"), "640".into()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(files, want);
+        assert_eq!(fs::read(v.host_path.join("blob"))?, vec![0u8, 1, 2]);
+        assert_eq!(fs::read_to_string(v.host_path.join("app.conf"))?, "port=80");
+
+        // items: only those keys, at their paths, with their modes.
+        let picked = pod_with(
+            json!([{"name": "some", "configMap": {"name": "cfg", "items": [
+                {"key": "app.conf", "path": "conf/app.conf", "mode": 0o600},
+                {"key": "extra", "path": "e"}]}}]),
+            json!([]),
+        );
+        let vols = prepare_with(&picked, &root, &node(), &objs)?;
+        let dir = &vols.get("some").ok_or("no volume")?.host_path;
+        let files = read_published(dir);
+        assert_eq!(
+            files,
+            [
+                ("conf/app.conf".to_string(), ("port=80".to_string(), 0o600)),
+                ("e".to_string(), ("x".to_string(), 0o644)),
+            ]
+            .into_iter()
+            .collect()
+        );
+        assert_eq!(fs::read_link(dir.join("conf"))?, Path::new("..data/conf"));
+        Ok(())
+    }
+
+    #[test]
+    fn an_updated_config_map_is_swapped_in_whole() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("volumes");
+        let pod = pod_with(
+            json!([{"name": "c", "configMap": {"name": "cfg"}}]),
+            json!([]),
+        );
+        let v1 = objects_with(
+            json!({"cfg": {"metadata": {"name": "cfg"}, "data": {"a": "1", "b": "1"}}}),
+            json!({}),
+        );
+        let dir = prepare_with(&pod, &root, &node(), &v1)?
+            .get("c")
+            .ok_or("no volume")?
+            .host_path
+            .clone();
+        let first = fs::read_link(dir.join("..data"))?;
+        // The same content: nothing is written.
+        prepare_with(&pod, &root, &node(), &v1)?;
+        assert_eq!(fs::read_link(dir.join("..data"))?, first);
+        // New content, a key gone: a new timestamped directory, the old one removed.
+        let v2 = objects_with(
+            json!({"cfg": {"metadata": {"name": "cfg"}, "data": {"a": "2"}}}),
+            json!({}),
+        );
+        prepare_with(&pod, &root, &node(), &v2)?;
+        let second = fs::read_link(dir.join("..data"))?;
+        assert_ne!(second, first);
+        assert!(!dir.join(&first).exists());
+        assert_eq!(fs::read_to_string(dir.join("a"))?, "2");
+        assert!(
+            fs::symlink_metadata(dir.join("b")).is_err(),
+            "stale link removed"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn missing_objects_and_keys_fail_as_upstream() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let objs = objects_with(
+            json!({"cfg": {"metadata": {"name": "cfg"}, "data": {"a": "1"}},
+                   "gone": null, "broken": "getting configmap ns/broken: connection refused"}),
+            json!({"sec": {"metadata": {"name": "sec"}, "data": {"k": "dg=="}}, "nosec": null}),
+        );
+        let cases = [
+            (
+                json!({"name": "v", "configMap": {"name": "gone"}}),
+                Some(r#"MountVolume.SetUp failed for volume "v" : configmap "gone" not found"#),
+            ),
+            (
+                json!({"name": "v", "configMap": {"name": "gone", "optional": true}}),
+                None,
+            ),
+            (
+                json!({"name": "v", "configMap": {"name": "cfg", "items": [{"key": "zz", "path": "z"}]}}),
+                Some(
+                    r#"MountVolume.SetUp failed for volume "v" : configmap references non-existent config key: zz"#,
+                ),
+            ),
+            (
+                json!({"name": "v", "configMap": {"name": "cfg", "optional": true, "items": [{"key": "zz", "path": "z"}]}}),
+                None,
+            ),
+            (
+                json!({"name": "v", "configMap": {"name": "broken"}}),
+                Some(
+                    r#"MountVolume.SetUp failed for volume "v" : getting configmap ns/broken: connection refused"#,
+                ),
+            ),
+            (
+                json!({"name": "v", "projected": {"sources": [
+                    {"secret": {"name": "nosec"}},
+                    {"secret": {"name": "sec", "items": [{"key": "nope", "path": "n"}]}},
+                    {"configMap": {"name": "cfg"}}]}}),
+                Some(
+                    r#"MountVolume.SetUp failed for volume "v" : [secret "nosec" not found, references non-existent secret key: nope]"#,
+                ),
+            ),
+        ];
+        for (i, (vol, want)) in cases.into_iter().enumerate() {
+            let root = tmp.path().join(i.to_string());
+            let pod = pod_with(json!([vol]), json!([]));
+            match (prepare_with(&pod, &root, &node(), &objs), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(want)) => {
+                    assert!(matches!(e, Error::SetUp { .. }), "{e}");
+                    assert_eq!(e.to_string(), want);
+                }
+                (got, want) => panic!("{vol}: got {got:?}, want {want:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn secret_volumes_are_on_tmpfs() -> TestResult {
+        if !is_root() {
+            eprintln!("skipped: mounting tmpfs needs root");
+            return Ok(());
+        }
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("volumes");
+        let pod = pod_with(
+            json!([{"name": "creds", "secret": {"secretName": "db", "defaultMode": 0o400}}]),
+            json!([{"name": "a", "image": "x", "resources": {"limits": {"memory": "32Mi"}}}]),
+        );
+        let objs = objects_with(
+            json!({}),
+            json!({"db": {"metadata": {"name": "db"}, "data": {"password": "czNjcjN0"},
+                          "stringData": {"user": "admin"}}}),
+        );
+        let vols = prepare_with(&pod, &root, &node(), &objs)?;
+        let v = vols.get("creds").ok_or("no volume")?;
+        assert_eq!(v.kind, VolumeKind::Secret);
+        assert_eq!(v.host_path, root.join("kubernetes.io~secret/creds"));
+        let (fstype, opts) = mount_fstype_and_options(&v.host_path).ok_or("not mounted")?;
+        assert_eq!(fstype, "tmpfs");
+        assert!(opts.contains("size=32768k"), "{opts}");
+        let files = read_published(&v.host_path);
+        assert_eq!(files.get("password"), Some(&("s3cr3t".to_string(), 0o400)));
+        assert_eq!(files.get("user"), Some(&("admin".to_string(), 0o400)));
+        // Again: the same mount, nothing rewritten.
+        let ts = fs::read_link(v.host_path.join("..data"))?;
+        prepare_with(&pod, &root, &node(), &objs)?;
+        assert_eq!(fs::read_link(v.host_path.join("..data"))?, ts);
+        let mounts = mount_points_under(&root)?;
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
+        cleanup(&root)?;
+        assert!(!root.exists());
+        Ok(())
+    }
+
+    /// The volume the ServiceAccount admission plugin adds to every pod.
+    fn kube_api_access() -> Value {
+        json!({"name": "kube-api-access-x7k2p", "projected": {"defaultMode": 0o644, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ]}})
+    }
+
+    #[test]
+    fn the_default_service_account_volume() -> TestResult {
+        if !is_root() {
+            eprintln!("skipped: mounting tmpfs needs root");
+            return Ok(());
+        }
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("volumes");
+        let mut pod = pod_with(json!([kube_api_access()]), json!([]));
+        let mut objs = objects_with(
+            json!({"kube-root-ca.crt": {"metadata": {"name": "kube-root-ca.crt"},
+                   "data": {"ca.crt": "-----BEGIN CERTIFICATE-----\n"}}}),
+            json!({}),
+        );
+        let spec = TokenSpec {
+            audience: String::new(),
+            expiration_seconds: 3607,
+        };
+        let token = |t: &str| {
+            Lookup::Found(crate::objects::Token {
+                token: t.into(),
+                expiry: SystemTime::now() + std::time::Duration::from_secs(3607),
+            })
+        };
+        objs.tokens.insert(spec.clone(), token("header.claims.sig"));
+        let vols = prepare_with(&pod, &root, &node(), &objs)?;
+        let v = vols.get("kube-api-access-x7k2p").ok_or("no volume")?;
+        assert_eq!(v.kind, VolumeKind::Projected);
+        let (fstype, _) = mount_fstype_and_options(&v.host_path).ok_or("not mounted")?;
+        assert_eq!(fstype, "tmpfs", "a token is never on disk");
+        let files = read_published(&v.host_path);
+        let want: BTreeMap<String, (String, u32)> = [
+            ("token", "header.claims.sig"),
+            ("ca.crt", "-----BEGIN CERTIFICATE-----\n"),
+            ("namespace", "ns"),
+        ]
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), (t.to_string(), 0o644)))
+        .collect();
+        assert_eq!(files, want);
+
+        // A renewed token replaces the whole set.
+        let before = fs::read_link(v.host_path.join("..data"))?;
+        objs.tokens
+            .insert(spec.clone(), token("header.claims.sig2"));
+        prepare_with(&pod, &root, &node(), &objs)?;
+        assert_ne!(fs::read_link(v.host_path.join("..data"))?, before);
+        assert_eq!(
+            fs::read_to_string(v.host_path.join("token"))?,
+            "header.claims.sig2"
+        );
+
+        // Under an fsGroup the token is 0640 and the group's.
+        cleanup(&root)?;
+        if let Some(s) = pod.spec.as_mut() {
+            s.security_context = Some(serde_json::from_value(json!({"fsGroup": 2000}))?);
+        }
+        let vols = prepare_with(&pod, &root, &node(), &objs)?;
+        let dir = &vols
+            .get("kube-api-access-x7k2p")
+            .ok_or("no volume")?
+            .host_path;
+        let md = fs::metadata(dir.join("token"))?;
+        assert_eq!((md.mode() & 0o777, md.gid()), (0o640, 2000));
+        assert_eq!(read_published(dir).get("ca.crt").map(|f| f.1), Some(0o644));
+
+        // No token (the service account is gone): the volume cannot be set up.
+        objs.tokens.insert(spec, Lookup::NotFound);
+        let err = prepare_with(&pod, &root, &node(), &objs).expect_err("no token");
+        assert!(matches!(err, Error::SetUp { .. }), "{err}");
+        cleanup(&root)?;
+        Ok(())
+    }
+
+    #[test]
+    fn api_volumes_are_mounted_read_only() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let pod = pod_with(
+            json!([{"name": "c", "configMap": {"name": "cfg"}}]),
+            json!([]),
+        );
+        let objs = objects_with(
+            json!({"cfg": {"metadata": {"name": "cfg"}, "data": {"a": "1"}}}),
+            json!({}),
+        );
+        let vols = prepare_with(&pod, tmp.path(), &node(), &objs)?;
+        let c = container(json!({"name": "a", "image": "x",
+            "volumeMounts": [{"name": "c", "mountPath": "/etc/cfg"}]}));
+        let m = mounts_for(&c, &vols)?;
+        assert!(m[0].readonly);
+        Ok(())
     }
 }
