@@ -45,6 +45,9 @@ struct KubeletConfiguration {
     kube_reserved: BTreeMap<String, String>,
     system_reserved: BTreeMap<String, String>,
     port: Option<i32>,
+    rotate_certificates: Option<bool>,
+    #[serde(rename = "serverTLSBootstrap")]
+    server_tls_bootstrap: Option<bool>,
 }
 
 /// Joining a cluster: where the API server is and what the Node says.
@@ -55,6 +58,10 @@ pub struct ClusterSettings {
     pub node: crate::node::register::NodeSpecConfig,
     pub qps: f64,
     pub burst: u32,
+    /// --bootstrap-kubeconfig, --cert-dir, rotateCertificates.
+    pub certificates: crate::bootstrap::ClientCertConfig,
+    /// `serverTLSBootstrap`: the serving certificate from the kubelet-serving signer.
+    pub server_tls_bootstrap: bool,
 }
 
 /// Everything the agent runs with.
@@ -137,6 +144,11 @@ impl Settings {
                 .with_context(|| format!("--node-ip {ip:?} is not an IP address"))?;
             node.host_ip = ip.clone();
         }
+        if args.bootstrap_kubeconfig.is_some() && args.kubeconfig.is_none() {
+            anyhow::bail!(
+                "--bootstrap-kubeconfig needs --kubeconfig (where the node's kubeconfig is written)"
+            );
+        }
         let cluster = match &args.kubeconfig {
             None => None,
             Some(kubeconfig) => {
@@ -186,6 +198,21 @@ impl Settings {
                     None => file.register_with_taints.clone(),
                 };
                 Some(ClusterSettings {
+                    certificates: crate::bootstrap::ClientCertConfig {
+                        kubeconfig: kubeconfig.clone(),
+                        bootstrap_kubeconfig: args.bootstrap_kubeconfig.clone(),
+                        cert_dir: args
+                            .cert_dir
+                            .clone()
+                            .unwrap_or_else(|| crate::bootstrap::default_cert_dir(&args.root_dir)),
+                        node_name: node_name.clone(),
+                        rotate: args
+                            .rotate_certificates
+                            .or(file.rotate_certificates)
+                            .unwrap_or(false),
+                        wait: crate::bootstrap::DEFAULT_CERT_WAIT,
+                    },
+                    server_tls_bootstrap: file.server_tls_bootstrap.unwrap_or(false),
                     kubeconfig: kubeconfig.clone(),
                     register_node: args.register_node.or(file.register_node).unwrap_or(true),
                     qps: args.kube_api_qps.or(file.kube_api_qps).unwrap_or(50.0),
@@ -363,6 +390,64 @@ mod tests {
                 "{bad:?}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn tls_bootstrap_flags_parse_as_upstream() -> anyhow::Result<()> {
+        use clap::Parser as _;
+        let parse = |argv: &[&str]| Settings::load(&crate::Args::parse_from(argv));
+        let c = parse(&["kubelet", "--kubeconfig", "/k", "--root-dir", "/r"])?
+            .cluster
+            .expect("cluster mode");
+        assert_eq!(c.certificates.cert_dir, PathBuf::from("/r/pki"));
+        assert_eq!(c.certificates.bootstrap_kubeconfig, None);
+        assert!(!c.certificates.rotate && !c.server_tls_bootstrap);
+        let c = parse(&[
+            "kubelet",
+            "--kubeconfig",
+            "/k",
+            "--bootstrap-kubeconfig",
+            "/b",
+            "--cert-dir",
+            "/c",
+            "--rotate-certificates",
+        ])?
+        .cluster
+        .expect("cluster mode");
+        assert_eq!(
+            c.certificates.bootstrap_kubeconfig,
+            Some(PathBuf::from("/b"))
+        );
+        assert_eq!(c.certificates.cert_dir, PathBuf::from("/c"));
+        assert!(c.certificates.rotate);
+        let err = parse(&["kubelet", "--bootstrap-kubeconfig", "/b"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--kubeconfig"), "{err}");
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("config.yaml");
+        std::fs::write(
+            &file,
+            "rotateCertificates: true\nserverTLSBootstrap: true\n",
+        )?;
+        let path = file.to_str().expect("a UTF-8 temp path");
+        let c = parse(&["kubelet", "--config", path, "--kubeconfig", "/k"])?
+            .cluster
+            .expect("cluster mode");
+        assert!(c.certificates.rotate && c.server_tls_bootstrap);
+        let c = parse(&[
+            "kubelet",
+            "--config",
+            path,
+            "--kubeconfig",
+            "/k",
+            "--rotate-certificates=false",
+        ])?
+        .cluster
+        .expect("cluster mode");
+        assert!(!c.certificates.rotate, "the flag wins");
         Ok(())
     }
 
