@@ -1,8 +1,11 @@
 //! The kubelet joined to a cluster, checked as a cluster user checks it: with `kubectl`.
-//! By default the cluster is the e2e test API server (`e2e::apiserver`); with
-//! `E2E_KUBECONFIG=<admin kubeconfig>` the same scenarios run against that real API
-//! server instead (the kubelet then uses that kubeconfig too, until TLS bootstrap is
-//! built), with a node name of their own.
+//! By default the cluster is the e2e test API server (`e2e::apiserver`), and the kubelet
+//! gets a kubeconfig of its own. With `E2E_KUBECONFIG=<admin kubeconfig>` the same
+//! scenarios run against that real API server instead: the harness creates a bootstrap
+//! token (a `bootstrap.kubernetes.io/token` Secret in kube-system) and the RBAC a
+//! bootstrapping node needs (create CSRs, auto-approval of node client certificates),
+//! writes a bootstrap kubeconfig from the admin kubeconfig's server and CA, and starts
+//! the kubelet with `--bootstrap-kubeconfig`, under a node name of this run's own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -113,6 +116,72 @@ impl Cluster {
     fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }
+
+    /// Against a real cluster: a bootstrap token and its RBAC, and a bootstrap
+    /// kubeconfig for the kubelet (in `dir`). Returns its path.
+    fn bootstrap_kubeconfig(&self, dir: &Path) -> R<PathBuf> {
+        let id: String = format!("{:06x}", std::process::id() % 0xffffff);
+        let secret = format!(
+            "{:016x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
+                % u128::from(u64::MAX)
+        );
+        let token = serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "token-id": id, "token-secret": secret,
+                "usage-bootstrap-authentication": "true",
+                "auth-extra-groups": "system:bootstrappers:nodelet-e2e",
+                "expiration": k8s_openapi::jiff::Timestamp::now()
+                    .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(2))?
+                    .to_string(),
+            }
+        });
+        self.kubectl(&["apply", "-f", "-"], Some(&token.to_string()))?;
+        for (name, role, group) in [
+            (
+                "nodelet-e2e-bootstrap",
+                "system:node-bootstrapper",
+                "system:bootstrappers:nodelet-e2e",
+            ),
+            (
+                "nodelet-e2e-autoapprove",
+                "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+                "system:bootstrappers:nodelet-e2e",
+            ),
+            (
+                "nodelet-e2e-autorenew",
+                "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+                "system:nodes",
+            ),
+        ] {
+            let binding = serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]
+            });
+            self.kubectl(&["apply", "-f", "-"], Some(&binding.to_string()))?;
+        }
+        // The server and CA of the admin kubeconfig, with the token as the user.
+        let view = self.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"], None)?;
+        let view: Value = serde_json::from_str(&view)?;
+        let cluster = &view["clusters"][0]["cluster"];
+        let path = dir.join("bootstrap-kubeconfig");
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": cluster}],
+            "users": [{"name": "bootstrap", "user": {"token": format!("{id}.{secret}")}}],
+            "contexts": [{"name": "bootstrap", "context": {"cluster": "cluster", "user": "bootstrap"}}],
+            "current-context": "bootstrap"
+        });
+        std::fs::write(&path, kubeconfig.to_string())?;
+        Ok(path)
+    }
 }
 
 /// The node name the test kubelet runs as (`testnode` against the test server; a name
@@ -153,17 +222,33 @@ fn pod_manifest(name: &str, node: &str, script: &str) -> String {
 }
 
 async fn join(cluster: &Cluster) -> R<KubeletNode> {
-    let kubeconfig = cluster.kubeconfig().display().to_string();
     let node = node_name();
-    KubeletNode::start_with(&[
-        "--kubeconfig",
-        &kubeconfig,
-        "--hostname-override",
-        &node,
-        "--node-labels",
-        "nodelet.dev/e2e=true",
-    ])
-    .await
+    let mut flags = vec![
+        "--hostname-override".to_string(),
+        node,
+        "--node-labels".to_string(),
+        "nodelet.dev/e2e=true".to_string(),
+    ];
+    if cluster._server.is_none() && std::env::var_os("E2E_KUBECONFIG").is_some() {
+        // A real cluster: TLS bootstrap with a token, as a new node joins.
+        let dir = cluster._dir.path();
+        let bootstrap = cluster.bootstrap_kubeconfig(dir)?;
+        flags.extend([
+            "--bootstrap-kubeconfig".to_string(),
+            bootstrap.display().to_string(),
+            "--kubeconfig".to_string(),
+            dir.join("kubelet-kubeconfig").display().to_string(),
+            "--cert-dir".to_string(),
+            dir.join("pki").display().to_string(),
+        ]);
+    } else {
+        flags.extend([
+            "--kubeconfig".to_string(),
+            cluster.kubeconfig().display().to_string(),
+        ]);
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    KubeletNode::start_with(&flags).await
 }
 
 #[tokio::test]
@@ -457,5 +542,95 @@ async fn an_api_outage_leaves_pods_running_and_status_catches_up() -> R {
         })
         .await?;
     drop(server);
+    Ok(())
+}
+
+#[tokio::test]
+async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() -> R {
+    let cluster = Cluster::start()?;
+    let kubelet = join(&cluster).await?;
+    let node = node_name();
+    let pod = |name: &str, extra: Value| {
+        let mut p: Value =
+            serde_json::from_str(&pod_manifest(name, &node, "exec sleep 1000")).unwrap_or_default();
+        if let (Some(spec), Some(extra)) = (p["spec"].as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                spec.insert(k.clone(), v.clone());
+            }
+        }
+        p.to_string()
+    };
+    let container = |extra: Value| {
+        let mut c = serde_json::json!({"name": "app", "image": e2e::pods::BUSYBOX,
+            "imagePullPolicy": "IfNotPresent", "command": ["sleep", "1000"]});
+        if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::json!({ "containers": [c] })
+    };
+    let cases = [
+        (
+            "too-big",
+            container(serde_json::json!({"resources": {"requests": {"cpu": "1000"}}})),
+            "OutOfcpu",
+        ),
+        (
+            "wrong-disk",
+            serde_json::json!({"nodeSelector": {"disktype": "nvme-only"}}),
+            "NodeAffinity",
+        ),
+    ];
+    for (name, extra, _) in &cases {
+        cluster.kubectl(&["apply", "-f", "-"], Some(&pod(name, extra.clone())))?;
+    }
+    // Host ports: the first pod takes 18080, the second one is refused.
+    let port = container(serde_json::json!({"ports": [{"containerPort": 80, "hostPort": 18080}]}));
+    cluster.kubectl(&["apply", "-f", "-"], Some(&pod("port-a", port.clone())))?;
+    cluster
+        .wait(&["pod", "-n", "default", "port-a"], LONG, |p| {
+            p.is_some_and(|p| p["status"]["phase"] == "Running")
+        })
+        .await
+        .with_context(|| kubelet.log_text())?;
+    cluster.kubectl(&["apply", "-f", "-"], Some(&pod("port-b", port)))?;
+    let all = cases
+        .iter()
+        .map(|(n, _, r)| (*n, *r))
+        .chain([("port-b", "NodePorts")]);
+    for (name, reason) in all {
+        let p = cluster
+            .wait(&["pod", "-n", "default", name], LONG, |p| {
+                p.is_some_and(|p| p["status"]["phase"] == "Failed")
+            })
+            .await
+            .with_context(|| kubelet.log_text())?
+            .context("pod")?;
+        assert_eq!(p["status"]["reason"], reason, "{name}: {}", p["status"]);
+        assert!(
+            p["status"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Pod was rejected: ")),
+            "{}",
+            p["status"]
+        );
+    }
+    // Nothing of them runs; deleting one removes it.
+    let mut rt = kubelet.runtime().await?;
+    let sandboxes = rt
+        .list_pod_sandbox(proto::v1::ListPodSandboxRequest { filter: None })
+        .await?
+        .into_inner()
+        .items;
+    assert_eq!(sandboxes.len(), 1, "only port-a runs: {sandboxes:?}");
+    cluster.kubectl(
+        &["delete", "pod", "-n", "default", "too-big", "--wait=false"],
+        None,
+    )?;
+    cluster
+        .wait(&["pod", "-n", "default", "too-big"], LONG, |p| p.is_none())
+        .await
+        .with_context(|| kubelet.log_text())?;
     Ok(())
 }

@@ -2,11 +2,14 @@
 //! directory with no control plane: by default with our CRI server in-process (one
 //! binary), or against any CRI runtime with `--container-runtime-endpoint`.
 
+mod admission;
 mod api_pods;
+mod bootstrap;
 mod config;
 mod kube_client;
 mod mirror;
 mod node;
+mod objects;
 mod readonly;
 mod static_pods;
 mod status;
@@ -77,6 +80,18 @@ pub struct Args {
     /// server to register with and take pods from.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// TLS bootstrap: a kubeconfig with a bootstrap token, used to request the node's
+    /// client certificate when --kubeconfig is missing or its certificate is not valid;
+    /// --kubeconfig is then written to use it.
+    #[arg(long = "bootstrap-kubeconfig")]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the node's certificates live (default <root-dir>/pki).
+    #[arg(long = "cert-dir")]
+    cert_dir: Option<PathBuf>,
+    /// Renew the client certificate before it expires. Also `rotateCertificates` in
+    /// --config.
+    #[arg(long = "rotate-certificates", num_args = 0..=1, default_missing_value = "true")]
+    rotate_certificates: Option<bool>,
     /// The address the node reports (InternalIP); default: the host's first address.
     #[arg(long = "node-ip")]
     node_ip: Option<String>,
@@ -240,12 +255,13 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let mut api = match &cfg.cluster {
+    let (mut api, mut admission) = match &cfg.cluster {
         Some(c) => {
             let statics_rx = statics.as_ref().map(|(rx, _)| rx.clone());
-            Some(join_cluster(c, &version, &client, &engine, statics_rx, &shutdown).await?)
+            let joined = join_cluster(c, &version, &client, &engine, statics_rx, &shutdown).await?;
+            (Some(joined.pods), Some(joined.admission))
         }
-        None => None,
+        None => (None, None),
     };
     if statics.is_none() && api.is_none() {
         tracing::warn!("no --pod-manifest-path and no --kubeconfig: nothing to run");
@@ -261,22 +277,11 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => return Ok(()),
         }
     }
-    let desired =
-        |statics: &Option<(
-            tokio::sync::watch::Receiver<static_pods::Snapshot>,
-            static_pods::Watcher,
-        )>,
-         api: &Option<tokio::sync::watch::Receiver<api_pods::Snapshot>>| {
-            let mut all = std::collections::BTreeMap::new();
-            if let Some((rx, _)) = statics {
-                all.extend(rx.borrow().pods.clone());
-            }
-            if let Some(rx) = api {
-                all.extend(rx.borrow().pods.clone());
-            }
-            all
-        };
-    let first = desired(&statics, &api);
+    let first = desired_pods(
+        statics.as_ref().map(|(rx, _)| rx),
+        api.as_ref(),
+        admission.as_mut(),
+    );
     if let Err(e) = engine.adopt_orphans(&first).await {
         tracing::warn!(err = %e, "listing pods left by an earlier run");
     }
@@ -310,10 +315,89 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
             }
             _ = shutdown.cancelled() => break,
         }
-        engine.set_pods(&desired(&statics, &api));
+        engine.set_pods(&desired_pods(
+            statics.as_ref().map(|(rx, _)| rx),
+            api.as_ref(),
+            admission.as_mut(),
+        ));
     }
     tracing::info!("shutting down; pods keep running");
     Ok(())
+}
+
+/// Every pod the engine should run: the static ones and the API's admitted ones.
+fn desired_pods(
+    statics: Option<&tokio::sync::watch::Receiver<static_pods::Snapshot>>,
+    api: Option<&tokio::sync::watch::Receiver<api_pods::Snapshot>>,
+    admission: Option<&mut Admitter>,
+) -> std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod> {
+    let mut all = std::collections::BTreeMap::new();
+    if let Some(rx) = statics {
+        all.extend(rx.borrow().pods.clone());
+    }
+    if let (Some(rx), Some(adm)) = (api, admission) {
+        let pods = rx.borrow().pods.clone();
+        all.extend(adm.admit(&pods));
+    }
+    all
+}
+
+/// Admission of the API's pods, and where the statuses of the rejected ones go.
+struct Admitter {
+    state: admission::Admission,
+    node: admission::NodeFacts,
+    rejected: tokio::sync::watch::Sender<
+        std::collections::BTreeMap<String, k8s_openapi::api::core::v1::PodStatus>,
+    >,
+}
+
+impl Admitter {
+    fn admit(
+        &mut self,
+        pods: &std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod>,
+    ) -> std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod> {
+        let run = self.state.admit(pods, &self.node);
+        let statuses: std::collections::BTreeMap<_, _> = self
+            .state
+            .rejected
+            .iter()
+            .map(|(u, r)| (u.clone(), r.status()))
+            .collect();
+        self.rejected.send_if_modified(|cur| {
+            let changed = *cur != statuses;
+            *cur = statuses;
+            changed
+        });
+        run
+    }
+}
+
+/// What joining gives the main loop.
+struct Joined {
+    pods: tokio::sync::watch::Receiver<api_pods::Snapshot>,
+    admission: Admitter,
+}
+
+/// The node as admission sees it: labels, taints, allocatable.
+fn node_facts(spec: &node::register::NodeSpecConfig) -> admission::NodeFacts {
+    let facts = node::register::MachineFacts::read(&spec.root_dir);
+    let (_, allocatable) = node::register::resources(&facts, spec.max_pods, &spec.reserved);
+    admission::NodeFacts {
+        name: spec.name.clone(),
+        labels: node::register::labels(spec),
+        taints: spec.taints.clone(),
+        allocatable: allocatable
+            .iter()
+            .filter_map(|(k, q)| {
+                let v = if k == "cpu" {
+                    pods::translate::quantity_millis(q)
+                } else {
+                    pods::translate::quantity_value(q)
+                };
+                Some((k.clone(), v?))
+            })
+            .collect(),
+    }
 }
 
 /// Joins the cluster: registers the Node (retrying until the API server answers),
@@ -326,9 +410,30 @@ async fn join_cluster(
     engine: &pods::engine::Engine,
     statics: Option<tokio::sync::watch::Receiver<static_pods::Snapshot>>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<tokio::sync::watch::Receiver<api_pods::Snapshot>> {
-    let client = kube_client::from_kubeconfig(&c.kubeconfig).await?;
+) -> anyhow::Result<Joined> {
+    let client = bootstrap::client(&c.certificates, shutdown)
+        .await
+        .with_context(|| format!("API client from {}", c.kubeconfig.display()))?;
+    // The objects its pods reference (config maps, secrets, tokens, services).
+    engine.set_objects(std::sync::Arc::new(objects::ApiObjects::new(
+        client.clone(),
+    )));
     let mut spec = c.node.clone();
+    // For the :10250 server to come: its certificate, kept current.
+    let _serving = bootstrap::serving_certificate(
+        &bootstrap::ServingConfig {
+            cert_dir: c.certificates.cert_dir.clone(),
+            node_name: spec.name.clone(),
+            hostnames: vec![spec.hostname.clone()],
+            ips: spec.internal_ip.parse().into_iter().collect(),
+            tls_bootstrap: c.server_tls_bootstrap,
+            wait: bootstrap::DEFAULT_CERT_WAIT,
+        },
+        Some(client.clone()),
+        shutdown,
+    )
+    .await
+    .context("the serving certificate")?;
     spec.runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     if c.register_node {
@@ -347,12 +452,15 @@ async fn join_cluster(
             }
         }
         let health = runtime_health(cri.clone(), shutdown.clone());
+        let (cidr_tx, cidr_rx) = tokio::sync::watch::channel(Vec::new());
         tokio::spawn(node::register::status_loop(
             nodes,
             spec.clone(),
             health,
+            cidr_tx,
             shutdown.clone(),
         ));
+        tokio::spawn(report_pod_cidrs(cri.clone(), cidr_rx));
         tokio::spawn(node::lease::renew_loop(
             client.clone(),
             spec.name.clone(),
@@ -369,15 +477,51 @@ async fn join_cluster(
             shutdown.clone(),
         ));
     }
+    let (rejected_tx, rejected_rx) = tokio::sync::watch::channel(Default::default());
     tokio::spawn(status::run(
         client,
         engine.views(),
         engine.terminated(),
         pods.clone(),
+        rejected_rx,
         status::Limiter::new(c.qps, c.burst),
         shutdown.clone(),
     ));
-    Ok(pods)
+    Ok(Joined {
+        pods,
+        admission: Admitter {
+            state: admission::Admission::default(),
+            node: node_facts(&spec),
+            rejected: rejected_tx,
+        },
+    })
+}
+
+/// The Node's pod CIDRs, as the control plane allocates them, told to the runtime
+/// (`UpdateRuntimeConfig`), whose default network then uses them.
+async fn report_pod_cidrs(
+    cri: pods::cri::Cri,
+    mut cidrs: tokio::sync::watch::Receiver<Vec<String>>,
+) {
+    while cidrs.changed().await.is_ok() {
+        let cidr = cidrs.borrow_and_update().join(",");
+        if cidr.is_empty() {
+            continue;
+        }
+        let req = proto::v1::UpdateRuntimeConfigRequest {
+            runtime_config: Some(proto::v1::RuntimeConfig {
+                network_config: Some(proto::v1::NetworkConfig {
+                    pod_cidr: cidr.clone(),
+                }),
+            }),
+        };
+        match cri.runtime.clone().update_runtime_config(req).await {
+            Ok(_) => tracing::info!(pod_cidr = %cidr, "pod CIDR told to the runtime"),
+            Err(e) => {
+                tracing::warn!(pod_cidr = %cidr, err = %e.message(), "telling the runtime the pod CIDR")
+            }
+        }
+    }
 }
 
 /// The runtime's own conditions (RuntimeReady, NetworkReady), asked every few seconds as

@@ -17,21 +17,70 @@ use crate::kube_client::{is_conflict, is_not_found, status_code};
 /// After a failed write, the next try.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The strategic merge patch from `old` to `new` status: every field of `new`, and
-/// `null` for the top-level fields `old` had and `new` has not (lists the API server
-/// merges by key, conditions by type and container statuses by name, keep entries that
-/// others own). `metadata.uid` makes the write conditional on the pod being the same.
+/// The strategic merge patch from `old` to `new` status: all of `new`, with `null` for
+/// every field `old` had and `new` has not (at any depth, inside merged list items
+/// too), and `$patch: delete` for items of a merged list that went away. The lists the
+/// API server merges by key (conditions by `type`, podIPs and hostIPs by `ip`) keep
+/// entries others own; the rest are replaced whole. `metadata.uid` makes the write
+/// conditional on the pod being the same one.
 pub fn status_patch(uid: &str, old: Option<&PodStatus>, new: &PodStatus) -> serde_json::Value {
-    let mut status = serde_json::to_value(new).unwrap_or_default();
-    if let (Some(old), Some(obj)) = (
-        old.and_then(|o| serde_json::to_value(o).ok()),
-        status.as_object_mut(),
-    ) {
-        for key in old.as_object().into_iter().flat_map(|o| o.keys()) {
-            obj.entry(key.clone()).or_insert(serde_json::Value::Null);
-        }
-    }
+    let old = old.and_then(|o| serde_json::to_value(o).ok());
+    let new = serde_json::to_value(new).unwrap_or_default();
+    let status = two_way(old.as_ref(), &new, "");
     serde_json::json!({ "metadata": { "uid": uid }, "status": status })
+}
+
+/// The merge key of a list field of PodStatus, by its path.
+fn merge_key(path: &str) -> Option<&'static str> {
+    match path {
+        ".conditions" => Some("type"),
+        ".podIPs" | ".hostIPs" => Some("ip"),
+        _ => None,
+    }
+}
+
+fn two_way(
+    old: Option<&serde_json::Value>,
+    new: &serde_json::Value,
+    path: &str,
+) -> serde_json::Value {
+    use serde_json::Value;
+    match new {
+        Value::Object(n) => {
+            let o = old.and_then(Value::as_object);
+            let mut out = serde_json::Map::new();
+            for (k, v) in n {
+                let child = format!("{path}.{k}");
+                out.insert(k.clone(), two_way(o.and_then(|o| o.get(k)), v, &child));
+            }
+            for k in o.into_iter().flat_map(|o| o.keys()) {
+                out.entry(k.clone()).or_insert(Value::Null);
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => match merge_key(path) {
+            Some(key) => {
+                let olds = old.and_then(Value::as_array).cloned().unwrap_or_default();
+                let find = |k: &Value| olds.iter().find(|o| o.get(key) == Some(k));
+                let mut out: Vec<Value> = items
+                    .iter()
+                    .map(|item| two_way(item.get(key).and_then(find), item, path))
+                    .collect();
+                for gone in olds.iter().filter(|o| {
+                    !items
+                        .iter()
+                        .any(|i| i.get(key).is_some() && i.get(key) == o.get(key))
+                }) {
+                    if let Some(k) = gone.get(key) {
+                        out.push(serde_json::json!({ key: k, "$patch": "delete" }));
+                    }
+                }
+                Value::Array(out)
+            }
+            None => new.clone(),
+        },
+        _ => new.clone(),
+    }
 }
 
 /// Rate of API writes (`kubeAPIQPS`, `kubeAPIBurst`): a token bucket.
@@ -86,7 +135,12 @@ impl Manager {
 
     /// Writes every status that differs from what was sent; true when all went in.
     /// A static pod's status goes to its mirror pod.
-    async fn sync(&mut self, views: &BTreeMap<String, Pod>, pods: &Snapshot) -> bool {
+    async fn sync(
+        &mut self,
+        views: &BTreeMap<String, Pod>,
+        pods: &Snapshot,
+        rejected: &BTreeMap<String, PodStatus>,
+    ) -> bool {
         let mut all = true;
         let statics = views.values().filter(|v| {
             v.metadata
@@ -98,7 +152,12 @@ impl Manager {
         let targets = pods
             .pods
             .iter()
-            .filter_map(|(uid, p)| Some((uid.clone(), p, views.get(uid)?.status.as_ref()?)))
+            .filter_map(|(uid, p)| {
+                let status = rejected
+                    .get(uid)
+                    .or_else(|| views.get(uid)?.status.as_ref())?;
+                Some((uid.clone(), p, status))
+            })
             .chain(statics.filter_map(|v| {
                 let mirror = pods.mirrors.get(&crate::api_pods::key(v))?;
                 Some((mirror.metadata.uid.clone()?, mirror, v.status.as_ref()?))
@@ -137,7 +196,12 @@ impl Manager {
     }
 
     /// Deletes the finished pods whose final status is written.
-    async fn delete_finished(&mut self, views: &BTreeMap<String, Pod>, pods: &Snapshot) -> bool {
+    async fn delete_finished(
+        &mut self,
+        views: &BTreeMap<String, Pod>,
+        pods: &Snapshot,
+        rejected: &BTreeMap<String, PodStatus>,
+    ) -> bool {
         let mut all = true;
         for uid in std::mem::take(&mut self.finished) {
             let Some(pod) = pods.pods.get(&uid) else {
@@ -146,10 +210,10 @@ impl Manager {
             if pod.metadata.deletion_timestamp.is_none() {
                 continue; // not being deleted: a pod the engine stopped for another reason
             }
-            let final_written = views
+            let final_status = rejected
                 .get(&uid)
-                .and_then(|v| v.status.as_ref())
-                .is_none_or(|s| self.sent.get(&uid) == Some(s));
+                .or_else(|| views.get(&uid).and_then(|v| v.status.as_ref()));
+            let final_written = final_status.is_none_or(|s| self.sent.get(&uid) == Some(s));
             if !final_written {
                 self.finished.insert(uid);
                 all = false;
@@ -189,6 +253,7 @@ pub async fn run(
     mut views: watch::Receiver<pods::engine::PodViews>,
     mut terminated: broadcast::Receiver<String>,
     mut pods: watch::Receiver<Snapshot>,
+    mut rejected: watch::Receiver<BTreeMap<String, PodStatus>>,
     limiter: Limiter,
     stop: tokio_util::sync::CancellationToken,
 ) {
@@ -201,8 +266,20 @@ pub async fn run(
     loop {
         let v = views.borrow_and_update().clone();
         let p = pods.borrow_and_update().clone();
-        let written = m.sync(&v, &p).await;
-        let deleted = m.delete_finished(&v, &p).await;
+        let r = rejected.borrow_and_update().clone();
+        // A rejected pod never ran: once deleted it may go at once (its Failed status
+        // written first).
+        m.finished.extend(
+            r.keys()
+                .filter(|u| {
+                    p.pods
+                        .get(*u)
+                        .is_some_and(|x| x.metadata.deletion_timestamp.is_some())
+                })
+                .cloned(),
+        );
+        let written = m.sync(&v, &p, &r).await;
+        let deleted = m.delete_finished(&v, &p, &r).await;
         let retry = !(written && deleted);
         let timer = async {
             if retry {
@@ -214,6 +291,7 @@ pub async fn run(
         tokio::select! {
             r = views.changed() => if r.is_err() { return },
             r = pods.changed() => if r.is_err() { return },
+            r = rejected.changed() => if r.is_err() { return },
             r = terminated.recv() => match r {
                 Ok(uid) => { m.finished.insert(uid); }
                 // Missed some: every deleted pod is checked again.
@@ -251,6 +329,35 @@ mod tests {
         assert_eq!(p["status"]["conditions"][0]["status"], "True");
         let first = status_patch("u1", None, &new);
         assert!(first["status"].get("message").is_none());
+
+        // Inside a merged list item: a reason and message that went away are nulled;
+        // a condition that went away is deleted; podIPs by ip.
+        let old: PodStatus = serde_json::from_value(serde_json::json!({
+            "conditions": [
+                {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "message": "x"},
+                {"type": "Gone", "status": "True"}
+            ],
+            "podIPs": [{"ip": "10.0.0.1"}]
+        }))
+        .expect("old");
+        let new: PodStatus = serde_json::from_value(serde_json::json!({
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "podIPs": [{"ip": "10.0.0.2"}]
+        }))
+        .expect("new");
+        let p = status_patch("u1", Some(&old), &new);
+        let ready = &p["status"]["conditions"][0];
+        assert_eq!(ready["status"], "True");
+        assert!(ready.get("reason").is_some_and(|r| r.is_null()), "{p}");
+        assert!(ready.get("message").is_some_and(|r| r.is_null()), "{p}");
+        assert_eq!(
+            p["status"]["conditions"][1],
+            serde_json::json!({"type": "Gone", "$patch": "delete"})
+        );
+        assert_eq!(
+            p["status"]["podIPs"],
+            serde_json::json!([{"ip": "10.0.0.2"}, {"ip": "10.0.0.1", "$patch": "delete"}])
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -381,6 +381,15 @@ pub async fn register(api: &Api<Node>, cfg: &NodeSpecConfig) -> Result<Node, kub
     }
 }
 
+/// `spec.podCIDRs` (or the older single `podCIDR`).
+pub fn pod_cidrs_of(node: &Node) -> Vec<String> {
+    let spec = node.spec.as_ref();
+    spec.and_then(|s| s.pod_cidrs.clone())
+        .filter(|c| !c.is_empty())
+        .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+        .unwrap_or_default()
+}
+
 /// What changes between two posted statuses, heartbeat times aside.
 fn comparable(s: &NodeStatus) -> serde_json::Value {
     let mut v = serde_json::to_value(s).unwrap_or_default();
@@ -401,6 +410,7 @@ pub async fn status_loop(
     api: Api<Node>,
     cfg: NodeSpecConfig,
     mut health: tokio::sync::watch::Receiver<Health>,
+    pod_cidrs: tokio::sync::watch::Sender<Vec<String>>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let facts = MachineFacts::read(&cfg.root_dir);
@@ -427,9 +437,16 @@ pub async fn status_loop(
                 )
                 .await
             {
-                Ok(_) => {
+                Ok(node) => {
                     tracing::debug!(node = %cfg.name, "node status posted");
                     last = Some((next, Instant::now()));
+                    // The control plane's pod CIDRs come back with every write.
+                    let cidrs = pod_cidrs_of(&node);
+                    pod_cidrs.send_if_modified(|cur| {
+                        let changed = *cur != cidrs;
+                        *cur = cidrs;
+                        changed
+                    });
                 }
                 Err(e) => tracing::warn!(node = %cfg.name, err = %e, "posting node status"),
             }
