@@ -582,12 +582,30 @@ async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() -> R {
             "NodeAffinity",
         ),
     ];
+    // A RuntimeClass whose handler the runtime has: such a pod runs; an unknown one
+    // is refused.
+    let class = serde_json::json!({
+        "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+        "metadata": {"name": "nodelet-e2e-runc"}, "handler": "runc"
+    });
+    cluster.kubectl(&["apply", "-f", "-"], Some(&class.to_string()))?;
+    let cases = [
+        cases[0].clone(),
+        cases[1].clone(),
+        (
+            "no-class",
+            serde_json::json!({"runtimeClassName": "nodelet-e2e-missing"}),
+            "RuntimeClassNotFound",
+        ),
+    ];
     for (name, extra, _) in &cases {
         cluster.kubectl(&["apply", "-f", "-"], Some(&pod(name, extra.clone())))?;
     }
     // Host ports: the first pod takes 18080, the second one is refused.
     let port = container(serde_json::json!({"ports": [{"containerPort": 80, "hostPort": 18080}]}));
-    cluster.kubectl(&["apply", "-f", "-"], Some(&pod("port-a", port.clone())))?;
+    let mut port_a: Value = serde_json::from_str(&pod("port-a", port.clone()))?;
+    port_a["spec"]["runtimeClassName"] = "nodelet-e2e-runc".into();
+    cluster.kubectl(&["apply", "-f", "-"], Some(&port_a.to_string()))?;
     cluster
         .wait(&["pod", "-n", "default", "port-a"], LONG, |p| {
             p.is_some_and(|p| p["status"]["phase"] == "Running")
@@ -624,6 +642,10 @@ async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() -> R {
         .into_inner()
         .items;
     assert_eq!(sandboxes.len(), 1, "only port-a runs: {sandboxes:?}");
+    assert_eq!(
+        sandboxes[0].runtime_handler, "runc",
+        "the RuntimeClass's handler"
+    );
     cluster.kubectl(
         &["delete", "pod", "-n", "default", "too-big", "--wait=false"],
         None,

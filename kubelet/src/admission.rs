@@ -21,6 +21,10 @@ pub struct NodeFacts {
     pub taints: Vec<Taint>,
     /// Allocatable: cpu in millicores, the rest in whole units; `pods` the pod count.
     pub allocatable: BTreeMap<String, i64>,
+    /// RuntimeClass name → its handler, as the cluster has them.
+    pub runtime_classes: BTreeMap<String, String>,
+    /// The handlers the container runtime offers (its `Status`).
+    pub runtime_handlers: BTreeSet<String>,
 }
 
 /// Why a pod may not run here.
@@ -185,9 +189,21 @@ impl Admission {
         }
         pods.iter()
             .filter(|(u, _)| self.admitted.contains(*u))
-            .map(|(u, p)| (u.clone(), p.clone()))
+            .map(|(u, p)| (u.clone(), with_handler(p.clone(), node)))
             .collect()
     }
+}
+
+/// The engine names the runtime handler by `runtimeClassName`: for a pod from the API
+/// that is the RuntimeClass's handler.
+fn with_handler(mut pod: Pod, node: &NodeFacts) -> Pod {
+    if let Some(spec) = pod.spec.as_mut()
+        && let Some(class) = spec.runtime_class_name.as_ref()
+        && let Some(handler) = node.runtime_classes.get(class)
+    {
+        spec.runtime_class_name = Some(handler.clone());
+    }
+    pod
 }
 
 /// Whether `pod` may run beside `others` (the admitted ones) on `node`.
@@ -209,6 +225,22 @@ pub fn check(pod: &Pod, others: &[&Pod], node: &NodeFacts) -> Result<(), Rejecti
             "NodeAffinity",
             "Predicate NodeAffinity failed: node(s) didn't match Pod's node affinity/selector",
         ));
+    }
+    if let Some(class) = spec.runtime_class_name.as_deref() {
+        let Some(handler) = node.runtime_classes.get(class) else {
+            return Err(Rejection::new(
+                "RuntimeClassNotFound",
+                format!("RuntimeClass {class:?} not found"),
+            ));
+        };
+        if !node.runtime_handlers.contains(handler) {
+            return Err(Rejection::new(
+                "RuntimeHandlerNotSupported",
+                format!(
+                    "RuntimeClass {class:?} names handler {handler:?}, which the container runtime does not offer"
+                ),
+            ));
+        }
     }
     let tolerations = spec.tolerations.unwrap_or_default();
     if let Some(t) = node
@@ -303,6 +335,11 @@ mod tests {
                 ("memory".to_string(), 1 << 30),
                 ("pods".to_string(), 3),
             ]),
+            runtime_classes: BTreeMap::from([
+                ("fast".to_string(), "crun".to_string()),
+                ("vm".to_string(), "kata".to_string()),
+            ]),
+            runtime_handlers: BTreeSet::from(["runc".to_string(), "crun".to_string()]),
         }
     }
 
@@ -382,6 +419,29 @@ mod tests {
         // Another node.
         let other = pod(serde_json::json!({"nodeName": "n2"}));
         assert_eq!(reason(&other, &[]).as_deref(), Some("NodeName"));
+        // RuntimeClass: unknown, or a handler the runtime lacks; a known one runs with
+        // its handler.
+        let rc = |c: &str| pod(serde_json::json!({"runtimeClassName": c}));
+        assert_eq!(
+            reason(&rc("nope"), &[]).as_deref(),
+            Some("RuntimeClassNotFound")
+        );
+        assert_eq!(
+            reason(&rc("vm"), &[]).as_deref(),
+            Some("RuntimeHandlerNotSupported")
+        );
+        assert_eq!(reason(&rc("fast"), &[]), None);
+        let mut a = Admission::default();
+        let mut fast = rc("fast");
+        fast.metadata.uid = Some("f".into());
+        let run = a.admit(&BTreeMap::from([("f".to_string(), fast)]), &n);
+        assert_eq!(
+            run["f"]
+                .spec
+                .as_ref()
+                .and_then(|s| s.runtime_class_name.as_deref()),
+            Some("crun")
+        );
     }
 
     #[test]

@@ -346,6 +346,8 @@ fn desired_pods(
 struct Admitter {
     state: admission::Admission,
     node: admission::NodeFacts,
+    /// The cluster's RuntimeClasses (a reflector's store).
+    classes: kube::runtime::reflector::Store<k8s_openapi::api::node::v1::RuntimeClass>,
     rejected: tokio::sync::watch::Sender<
         std::collections::BTreeMap<String, k8s_openapi::api::core::v1::PodStatus>,
     >,
@@ -356,6 +358,12 @@ impl Admitter {
         &mut self,
         pods: &std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod>,
     ) -> std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Pod> {
+        self.node.runtime_classes = self
+            .classes
+            .state()
+            .iter()
+            .filter_map(|rc| Some((rc.metadata.name.clone()?, rc.handler.clone())))
+            .collect();
         let run = self.state.admit(pods, &self.node);
         let statuses: std::collections::BTreeMap<_, _> = self
             .state
@@ -379,7 +387,10 @@ struct Joined {
 }
 
 /// The node as admission sees it: labels, taints, allocatable.
-fn node_facts(spec: &node::register::NodeSpecConfig) -> admission::NodeFacts {
+fn node_facts(
+    spec: &node::register::NodeSpecConfig,
+    runtime_handlers: std::collections::BTreeSet<String>,
+) -> admission::NodeFacts {
     let facts = node::register::MachineFacts::read(&spec.root_dir);
     let (_, allocatable) = node::register::resources(&facts, spec.max_pods, &spec.reserved);
     admission::NodeFacts {
@@ -397,7 +408,54 @@ fn node_facts(spec: &node::register::NodeSpecConfig) -> admission::NodeFacts {
                 Some((k.clone(), v?))
             })
             .collect(),
+        runtime_classes: Default::default(),
+        runtime_handlers,
     }
+}
+
+/// The handlers the runtime offers (CRI `Status`), the default one ("") included.
+async fn runtime_handlers(cri: &pods::cri::Cri) -> std::collections::BTreeSet<String> {
+    match cri
+        .runtime
+        .clone()
+        .status(proto::v1::StatusRequest { verbose: false })
+        .await
+    {
+        Ok(r) => r
+            .into_inner()
+            .runtime_handlers
+            .into_iter()
+            .map(|h| h.name)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(err = %e.message(), "asking the runtime for its handlers");
+            Default::default()
+        }
+    }
+}
+
+/// A reflector of the cluster's RuntimeClasses (nodes may read them), ready or given
+/// up on after a few seconds (pods naming one are then judged as it fills).
+async fn runtime_classes(
+    client: kube::Client,
+) -> kube::runtime::reflector::Store<k8s_openapi::api::node::v1::RuntimeClass> {
+    use futures::StreamExt as _;
+    use kube::runtime::WatchStreamExt as _;
+    let (store, writer) = kube::runtime::reflector::store();
+    let api: kube::Api<k8s_openapi::api::node::v1::RuntimeClass> = kube::Api::all(client);
+    let stream = kube::runtime::reflector(
+        writer,
+        kube::runtime::watcher(api, kube::runtime::watcher::Config::default()),
+    )
+    .default_backoff();
+    tokio::spawn(stream.for_each(|_| async {}));
+    if tokio::time::timeout(Duration::from_secs(5), store.wait_until_ready())
+        .await
+        .is_err()
+    {
+        tracing::warn!("RuntimeClasses not listed yet; pods naming one wait for the list");
+    }
+    store
 }
 
 /// Joins the cluster: registers the Node (retrying until the API server answers),
@@ -477,6 +535,7 @@ async fn join_cluster(
             shutdown.clone(),
         ));
     }
+    let classes_client = client.clone();
     let (rejected_tx, rejected_rx) = tokio::sync::watch::channel(Default::default());
     tokio::spawn(status::run(
         client,
@@ -491,7 +550,8 @@ async fn join_cluster(
         pods,
         admission: Admitter {
             state: admission::Admission::default(),
-            node: node_facts(&spec),
+            node: node_facts(&spec, runtime_handlers(cri).await),
+            classes: runtime_classes(classes_client).await,
             rejected: rejected_tx,
         },
     })
