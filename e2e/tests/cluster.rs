@@ -483,7 +483,11 @@ async fn an_api_outage_leaves_pods_running_and_status_catches_up() -> R {
         &["apply", "-f", "-"],
         Some(&pod_manifest("crashy", &node, "sleep 2; exit 3")),
     )?;
-    for p in ["steady", "crashy"] {
+    cluster.kubectl(
+        &["apply", "-f", "-"],
+        Some(&pod_manifest("doomed", &node, "exec sleep 1000")),
+    )?;
+    for p in ["steady", "crashy", "doomed"] {
         cluster
             .wait(&["pod", "-n", "default", p], LONG, |x| {
                 x.is_some_and(|x| x["status"]["containerStatuses"][0]["containerID"].is_string())
@@ -496,8 +500,11 @@ async fn an_api_outage_leaves_pods_running_and_status_catches_up() -> R {
         .context("steady")?["status"]["containerStatuses"][0]["containerID"]
         .clone();
 
-    // The API server goes away for a minute; the crashing pod restarts meanwhile.
+    // The API server goes away for a minute; the crashing pod restarts meanwhile, and
+    // one pod is deleted for good (force, as `kubectl delete --force` while the node is
+    // unreachable) while the node cannot hear of it.
     server.pause()?;
+    server.remove(e2e::apiserver::Gvr::PODS, Some("default"), "doomed");
     tokio::time::sleep(Duration::from_secs(60)).await;
     let mut rt = kubelet.runtime().await?;
     let crashy_attempt = rt
@@ -533,6 +540,26 @@ async fn an_api_outage_leaves_pods_running_and_status_catches_up() -> R {
         steady_id
     );
     assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+    // The pod deleted while the node was away is cleaned up once it is back.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let left = rt
+            .list_pod_sandbox(proto::v1::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items
+            .into_iter()
+            .filter(|s| s.metadata.as_ref().is_some_and(|m| m.name == "doomed"))
+            .count();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod deleted while away still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The heartbeat is back within seconds.
     let lease_args = ["lease", "-n", "kube-node-lease", node.as_str()];
     let before = cluster.get(&lease_args)?.context("lease")?["spec"]["renewTime"].clone();

@@ -212,7 +212,10 @@ impl Settings {
                             .unwrap_or(false),
                         wait: crate::bootstrap::DEFAULT_CERT_WAIT,
                     },
-                    server_tls_bootstrap: file.server_tls_bootstrap.unwrap_or(false),
+                    server_tls_bootstrap: args
+                        .rotate_server_certificates
+                        .or(file.server_tls_bootstrap)
+                        .unwrap_or(false),
                     kubeconfig: kubeconfig.clone(),
                     register_node: args.register_node.or(file.register_node).unwrap_or(true),
                     qps: args.kube_api_qps.or(file.kube_api_qps).unwrap_or(50.0),

@@ -92,6 +92,10 @@ pub struct Args {
     /// --config.
     #[arg(long = "rotate-certificates", num_args = 0..=1, default_missing_value = "true")]
     rotate_certificates: Option<bool>,
+    /// Request the serving certificate from the kubelet-serving signer (and rotate it)
+    /// instead of a self-signed one. Also `serverTLSBootstrap` in --config.
+    #[arg(long = "rotate-server-certificates", num_args = 0..=1, default_missing_value = "true")]
+    rotate_server_certificates: Option<bool>,
     /// The address the node reports (InternalIP); default: the host's first address.
     #[arg(long = "node-ip")]
     node_ip: Option<String>,
