@@ -12,6 +12,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod cluster;
 pub mod cri;
 pub mod http;
 pub mod image;

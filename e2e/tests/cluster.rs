@@ -7,254 +7,20 @@
 //! writes a bootstrap kubeconfig from the admin kubeconfig's server and CA, and starts
 //! the kubelet with `--bootstrap-kubeconfig`, under a node name of this run's own.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use e2e::apiserver::ApiServer;
-use e2e::kubelet::KubeletNode;
+use anyhow::Context as _;
+use e2e::cluster::{Cluster, condition, join, node_name, pod_manifest};
 use serde_json::Value;
 
 type R<T = ()> = anyhow::Result<T>;
 
 const LONG: Duration = Duration::from_secs(60);
 
-/// The control plane of a test: ours, or a real one named by E2E_KUBECONFIG.
-struct Cluster {
-    _server: Option<ApiServer>,
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start() -> R<Self> {
-        let dir = tempfile::tempdir()?;
-        if let Some(k) = std::env::var_os("E2E_KUBECONFIG") {
-            return Ok(Self {
-                _server: None,
-                kubeconfig: PathBuf::from(k),
-                _dir: dir,
-            });
-        }
-        let server = ApiServer::start()?;
-        let kubeconfig = dir.path().join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig)?;
-        Ok(Self {
-            _server: Some(server),
-            kubeconfig,
-            _dir: dir,
-        })
-    }
-
-    /// `kubectl …` with this cluster's kubeconfig and `stdin`; its stdout.
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> R<String> {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running kubectl")?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-            use std::io::Write as _;
-            pipe.write_all(text.as_bytes())?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// `kubectl get … -o json`, or None when it does not exist.
-    fn get(&self, args: &[&str]) -> R<Option<Value>> {
-        let mut a = vec!["get"];
-        a.extend_from_slice(args);
-        a.extend(["-o", "json", "--ignore-not-found"]);
-        let out = self.kubectl(&a, None)?;
-        if out.trim().is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(serde_json::from_str(&out)?))
-    }
-
-    /// Polls (bounded) `kubectl get` until `pred` holds; returns the object.
-    async fn wait(
-        &self,
-        args: &[&str],
-        limit: Duration,
-        pred: impl Fn(Option<&Value>) -> bool,
-    ) -> R<Option<Value>> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let v = self.get(args)?;
-            if pred(v.as_ref()) {
-                return Ok(v);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "kubectl get {} not as expected after {limit:?}: {}",
-                    args.join(" "),
-                    v.map(|v| v.to_string()).unwrap_or_else(|| "absent".into())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    fn kubeconfig(&self) -> &Path {
-        &self.kubeconfig
-    }
-
-    /// Against a real cluster: a bootstrap token and its RBAC, and a bootstrap
-    /// kubeconfig for the kubelet (in `dir`). Returns its path.
-    fn bootstrap_kubeconfig(&self, dir: &Path) -> R<PathBuf> {
-        let id: String = format!("{:06x}", std::process::id() % 0xffffff);
-        let secret = format!(
-            "{:016x}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_nanos()
-                % u128::from(u64::MAX)
-        );
-        let token = serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
-            "type": "bootstrap.kubernetes.io/token",
-            "stringData": {
-                "token-id": id, "token-secret": secret,
-                "usage-bootstrap-authentication": "true",
-                "auth-extra-groups": "system:bootstrappers:nodelet-e2e",
-                "expiration": k8s_openapi::jiff::Timestamp::now()
-                    .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(2))?
-                    .to_string(),
-            }
-        });
-        self.kubectl(&["apply", "-f", "-"], Some(&token.to_string()))?;
-        for (name, role, group) in [
-            (
-                "nodelet-e2e-bootstrap",
-                "system:node-bootstrapper",
-                "system:bootstrappers:nodelet-e2e",
-            ),
-            (
-                "nodelet-e2e-autoapprove",
-                "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-                "system:bootstrappers:nodelet-e2e",
-            ),
-            (
-                "nodelet-e2e-autorenew",
-                "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
-                "system:nodes",
-            ),
-        ] {
-            let binding = serde_json::json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": name},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}]
-            });
-            self.kubectl(&["apply", "-f", "-"], Some(&binding.to_string()))?;
-        }
-        // The server and CA of the admin kubeconfig, with the token as the user.
-        let view = self.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"], None)?;
-        let view: Value = serde_json::from_str(&view)?;
-        let cluster = &view["clusters"][0]["cluster"];
-        let path = dir.join("bootstrap-kubeconfig");
-        let kubeconfig = serde_json::json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "cluster", "cluster": cluster}],
-            "users": [{"name": "bootstrap", "user": {"token": format!("{id}.{secret}")}}],
-            "contexts": [{"name": "bootstrap", "context": {"cluster": "cluster", "user": "bootstrap"}}],
-            "current-context": "bootstrap"
-        });
-        std::fs::write(&path, kubeconfig.to_string())?;
-        Ok(path)
-    }
-}
-
-/// The node name the test kubelet runs as (`testnode` against the test server; a name
-/// of this run's own against a real one).
-fn node_name() -> String {
-    if std::env::var_os("E2E_KUBECONFIG").is_some() {
-        format!("nodelet-e2e-{}", std::process::id())
-    } else {
-        e2e::kubelet::NODE_NAME.to_string()
-    }
-}
-
-fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {
-    obj["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
-
-fn pod_manifest(name: &str, node: &str, script: &str) -> String {
-    serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 5,
-            "containers": [{
-                "name": "app",
-                "image": e2e::pods::BUSYBOX,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["sh", "-c", script],
-                "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}
-            }]
-        }
-    })
-    .to_string()
-}
-
-async fn join(cluster: &Cluster) -> R<KubeletNode> {
-    let node = node_name();
-    let mut flags = vec![
-        "--hostname-override".to_string(),
-        node,
-        "--node-labels".to_string(),
-        "nodelet.dev/e2e=true".to_string(),
-    ];
-    if cluster._server.is_none() && std::env::var_os("E2E_KUBECONFIG").is_some() {
-        // A real cluster: TLS bootstrap with a token, as a new node joins.
-        let dir = cluster._dir.path();
-        let bootstrap = cluster.bootstrap_kubeconfig(dir)?;
-        flags.extend([
-            "--bootstrap-kubeconfig".to_string(),
-            bootstrap.display().to_string(),
-            "--kubeconfig".to_string(),
-            dir.join("kubelet-kubeconfig").display().to_string(),
-            "--cert-dir".to_string(),
-            dir.join("pki").display().to_string(),
-        ]);
-    } else {
-        flags.extend([
-            "--kubeconfig".to_string(),
-            cluster.kubeconfig().display().to_string(),
-        ]);
-    }
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    KubeletNode::start_with(&flags).await
-}
-
 #[tokio::test]
 async fn node_registers_ready_with_its_facts_and_renews_its_lease() -> R {
     let cluster = Cluster::start()?;
-    let kubelet = join(&cluster).await?;
+    let kubelet = join(&cluster, &[]).await?;
     let name = node_name();
     let node = cluster
         .wait(&["node", &name], LONG, |n| {
@@ -334,7 +100,7 @@ async fn node_registers_ready_with_its_facts_and_renews_its_lease() -> R {
 #[tokio::test]
 async fn a_pod_applied_with_kubectl_runs_reports_status_and_is_deleted_gracefully() -> R {
     let cluster = Cluster::start()?;
-    let mut kubelet = join(&cluster).await?;
+    let mut kubelet = join(&cluster, &[]).await?;
     let node = node_name();
     let pod = format!("web-{}", std::process::id());
     cluster.kubectl(
@@ -411,7 +177,7 @@ async fn a_pod_applied_with_kubectl_runs_reports_status_and_is_deleted_gracefull
 #[tokio::test]
 async fn static_pods_get_mirror_pods_made_again_when_deleted() -> R {
     let cluster = Cluster::start()?;
-    let kubelet = join(&cluster).await?;
+    let kubelet = join(&cluster, &[]).await?;
     let node = node_name();
     let manifest = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -461,19 +227,12 @@ async fn static_pods_get_mirror_pods_made_again_when_deleted() -> R {
 #[tokio::test]
 async fn an_api_outage_leaves_pods_running_and_status_catches_up() -> R {
     if std::env::var_os("E2E_KUBECONFIG").is_some() {
-        eprintln!("skipped against a real cluster: the test cannot stop its API server");
+        eprintln!("SKIPPED against a real cluster: the test cannot stop its API server");
         return Ok(());
     }
-    let server = ApiServer::start()?;
-    let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig)?;
-    let cluster = Cluster {
-        _server: None,
-        kubeconfig,
-        _dir: dir,
-    };
-    let kubelet = join(&cluster).await?;
+    let cluster = Cluster::test_server()?;
+    let server = cluster.server().context("the test API server")?;
+    let kubelet = join(&cluster, &[]).await?;
     let node = node_name();
     cluster.kubectl(
         &["apply", "-f", "-"],
@@ -568,14 +327,13 @@ async fn an_api_outage_leaves_pods_running_and_status_catches_up() -> R {
             l.is_some_and(|l| l["spec"]["renewTime"] != before)
         })
         .await?;
-    drop(server);
     Ok(())
 }
 
 #[tokio::test]
 async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() -> R {
     let cluster = Cluster::start()?;
-    let kubelet = join(&cluster).await?;
+    let kubelet = join(&cluster, &[]).await?;
     let node = node_name();
     let pod = |name: &str, extra: Value| {
         let mut p: Value =
