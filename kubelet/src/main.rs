@@ -6,6 +6,7 @@ mod admission;
 mod api_pods;
 mod bootstrap;
 mod config;
+mod events;
 mod kube_client;
 mod mirror;
 mod node;
@@ -480,6 +481,8 @@ async fn join_cluster(
     engine.set_objects(std::sync::Arc::new(objects::ApiObjects::new(
         client.clone(),
     )));
+    // Events about its pods (Pulled, Started, BackOff, Unhealthy…), as upstream's kubelet.
+    engine.set_events(events::ApiRecorder::start(client.clone(), &c.node.name));
     let mut spec = c.node.clone();
     // For the :10250 server to come: its certificate, kept current.
     let _serving = bootstrap::serving_certificate(

@@ -14,6 +14,11 @@
 //!   [`Engine::set_objects`]. The volumes of those objects are refreshed while the pod
 //!   runs: when the implementation reports a change of a referenced object, and every
 //!   [`REFRESH`] (tokens are renewed at 80 % of their life).
+//! - In a cluster, what the engine does and sees happen is reported as Kubernetes events
+//!   through [`Recorder`], given by [`Engine::set_events`]: image pulls, containers
+//!   created, started and killed, crash-loop and pull back-offs, failed probes, mounts,
+//!   sandboxes and hooks, with upstream's reasons (see `events`). Events mark
+//!   transitions and actions, never a sync as such.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,8 +32,9 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 use crate::backoff::BackoffPolicy;
 use crate::cgroups::PodCgroups;
 use crate::cri::Cri;
+use crate::events::{self as ev, Emitter, EventType, ProbeEvents, Recorder};
 use crate::objects::{self, ObjectRef, Objects, PodObjects, TokenCache};
-use crate::probe::{Kind, ProbeUpdate, Prober};
+use crate::probe::{CriRunner, Kind, ProbeUpdate, Prober};
 use crate::translate::{self, ContainerKind, NodeInfo};
 use crate::{LABEL_CONTAINER_NAME, Observed, handlers, plan, status, termination, volumes};
 
@@ -97,11 +103,13 @@ struct Inner {
     /// volumes gone): a deleted API pod may go from the API server then.
     terminated: broadcast::Sender<String>,
     probes: Mutex<HashMap<String, ProbeState>>,
-    prober: Mutex<Prober>,
+    prober: Mutex<Prober<ProbeEvents>>,
     /// The API objects pods may reference; None standalone.
     objects: std::sync::RwLock<Option<Arc<dyn Objects>>>,
     /// Projected service account tokens of the pods.
     tokens: TokenCache,
+    /// Where Kubernetes events go (nowhere standalone).
+    events: Arc<Emitter>,
 }
 
 /// The pod lifecycle engine.
@@ -114,8 +122,13 @@ impl Engine {
     /// Starts the engine's background tasks (runtime events, probe results).
     pub fn start(cri: Cri, cfg: EngineConfig) -> Self {
         let (probe_tx, probe_rx) = mpsc::unbounded_channel();
+        let emitter = Arc::new(Emitter::default());
+        let runner = ProbeEvents {
+            runner: CriRunner { cri: cri.clone() },
+            events: Arc::clone(&emitter),
+        };
         let inner = Arc::new(Inner {
-            prober: Mutex::new(Prober::new(cri.clone(), probe_tx)),
+            prober: Mutex::new(Prober::with_runner(runner, probe_tx)),
             cri,
             cfg,
             workers: Mutex::default(),
@@ -125,6 +138,7 @@ impl Engine {
             probes: Mutex::default(),
             objects: std::sync::RwLock::new(None),
             tokens: TokenCache::default(),
+            events: emitter,
         });
         tokio::spawn(events(Arc::clone(&inner)));
         tokio::spawn(probe_results(Arc::clone(&inner), probe_rx));
@@ -236,6 +250,12 @@ impl Engine {
             .objects
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(objects);
+    }
+
+    /// Gives the engine where to report Kubernetes events about its pods (in a cluster:
+    /// the API server). Without it (standalone) nothing is recorded.
+    pub fn set_events(&self, recorder: Arc<dyn Recorder>) {
+        self.inner.events.set(recorder);
     }
 
     /// The pods and their statuses, updated after every sync.
@@ -437,6 +457,11 @@ struct PodMemory {
     /// The volumes as last set up: a container restarting while an object it projects
     /// is gone (or the API server is away) starts with the files it had, as upstream.
     prepared: Option<volumes::PreparedVolumes>,
+    /// The end of the crash-loop back-off last reported (`BackOff`) per container: one
+    /// event per back-off, not one per sync during it.
+    back_off_reported: HashMap<String, SystemTime>,
+    /// The sandbox whose replacement was last reported (`SandboxChanged`).
+    sandbox_change_reported: Option<String>,
 }
 
 /// How often the volumes of API objects are rewritten from the API server's (current)
@@ -462,7 +487,12 @@ async fn prepare_volumes(
     mem: &mut PodMemory,
 ) -> Result<Option<volumes::PreparedVolumes>, SyncError> {
     let objs = inner.volume_objects(pod).await;
-    match volumes::prepare_with(pod, &pod_dir(inner, uid), &inner.cfg.node, &objs) {
+    let prepared = volumes::prepare_with(pod, &pod_dir(inner, uid), &inner.cfg.node, &objs);
+    if let Err(e) = &prepared {
+        let (kind, reason) = (EventType::Warning, ev::FAILED_MOUNT);
+        inner.events.pod(pod, kind, reason, e.to_string());
+    }
+    match prepared {
         Ok(v) => {
             mem.mount_retry = None;
             mem.waiting
@@ -499,6 +529,8 @@ async fn refresh_volumes(inner: &Inner, uid: &str, pod: &Pod) {
     let objs = inner.volume_objects(pod).await;
     if let Err(e) = volumes::prepare_with(pod, &pod_dir(inner, uid), &inner.cfg.node, &objs) {
         tracing::warn!(pod = %pod_name(pod), pod.uid = %uid, err = %e, "refreshing volumes; their files stay as they are");
+        let (kind, reason) = (EventType::Warning, ev::FAILED_MOUNT);
+        inner.events.pod(pod, kind, reason, e.to_string());
     }
 }
 
@@ -586,6 +618,7 @@ async fn worker(
                         }
                     }
                     lock(&inner.prober).forget_pod(&uid);
+                    inner.events.forget(&uid);
                     lock(&inner.probes).remove(&uid);
                     inner.views.send_modify(|v| {
                         v.remove(&uid);
@@ -740,10 +773,32 @@ async fn sync_once(
     for w in &plan.waiting {
         mem.waiting
             .insert(w.name.clone(), (w.reason.clone(), w.message.clone()));
+        // One BackOff per back-off period (a new crash), not per sync during it.
+        if w.reason == plan::REASON_CRASH_LOOP_BACK_OFF
+            && mem.back_off_reported.insert(w.name.clone(), w.until) != Some(w.until)
+            && let Some(object) = ev::PodRef::of(pod)
+        {
+            let message = ev::crash_back_off(&w.name, &object);
+            let kind = EventType::Warning;
+            inner
+                .events
+                .container(pod, &w.name, kind, ev::BACK_OFF, message);
+        }
     }
     // What is known before acting is published first: an image pull, a hook or a
     // failing sandbox can take long, and the pod is not left without a status meanwhile.
     publish(inner, uid, pod, mem, &observed, false);
+    // A sandbox to be replaced: said once per sandbox replaced (upstream says it on
+    // every attempt; a mount or sandbox failure retrying is told by its own event).
+    if plan.create_sandbox.is_some()
+        && let Some(old) = observed.sandboxes.first()
+        && mem.sandbox_change_reported.as_ref() != Some(&old.id)
+    {
+        mem.sandbox_change_reported = Some(old.id.clone());
+        let message = ev::SANDBOX_CHANGED_MESSAGE.to_string();
+        let kind = EventType::Normal;
+        inner.events.pod(pod, kind, ev::SANDBOX_CHANGED, message);
+    }
     if plan.kill_pod {
         let reasons: HashMap<&str, plan::KillReason> = plan
             .kill
@@ -759,7 +814,14 @@ async fn sync_once(
             publish(inner, uid, pod, mem, &observed, false);
             return Ok(Step::Done(mem.mount_retry));
         }
-        let config = translate::sandbox_config(pod, &inner.cfg.node, attempt, &inner.cfg.log_root)?;
+        let config = translate::sandbox_config(pod, &inner.cfg.node, attempt, &inner.cfg.log_root)
+            .inspect_err(|e| {
+                let message = ev::sandbox_failed(&e.to_string());
+                let kind = EventType::Warning;
+                inner
+                    .events
+                    .pod(pod, kind, ev::FAILED_CREATE_POD_SANDBOX, message);
+            })?;
         // The pod's cgroup, with the pod's limits, is the sandbox's parent.
         if let Some(cg) = &inner.cfg.cgroups {
             cg.ensure_pod(pod, &inner.cfg.node)?;
@@ -779,6 +841,13 @@ async fn sync_once(
                 runtime_handler: handler,
             })
             .await
+            .inspect_err(|e| {
+                let message = ev::sandbox_failed(&ev::rpc_error(e));
+                let kind = EventType::Warning;
+                inner
+                    .events
+                    .pod(pod, kind, ev::FAILED_CREATE_POD_SANDBOX, message);
+            })
             .map_err(rpc("RunPodSandbox", &name))?;
         // The new sandbox's status (IP) drives what follows.
         return Ok(Step::Again);
@@ -787,16 +856,12 @@ async fn sync_once(
     for k in plan.kill.iter().filter(|_| !plan.kill_pod) {
         tracing::info!(pod = %name, container = %k.name, reason = ?k.reason, "killing container");
         let pod_ip = handler_ip(inner, pod, &observed);
-        kill_container(
-            inner,
-            pod,
-            &pod_ip,
-            &k.container_id,
-            &k.name,
-            Some(k.reason),
-            None,
-        )
-        .await?;
+        let message = ev::sentence(&k.message);
+        let cause = KillCause {
+            reason: Some(k.reason),
+            message: Some(&message),
+        };
+        kill_container(inner, pod, &pod_ip, &k.container_id, &k.name, cause, None).await?;
         changed = true;
     }
     let sandbox_ready = observed
@@ -832,6 +897,7 @@ async fn sync_once(
                     }
                     Err(reason) => {
                         tracing::warn!(pod = %name, container = %s.name, reason = %reason.0, message = %reason.1, "container not started");
+                        start_failed(inner, pod, &s.name, &reason);
                         let after = start_retry(pod, &s.name, &reason.0, mem);
                         retry_start = Some(retry_start.map_or(after, |r| r.min(after)));
                         mem.waiting.insert(s.name.clone(), reason);
@@ -866,6 +932,11 @@ async fn sync_once(
         })
         .collect();
     let pod_ip = handler_ip(inner, pod, &observed);
+    let probed: Vec<(String, String)> = running
+        .iter()
+        .map(|(name, id, _)| (name.clone(), id.clone()))
+        .collect();
+    inner.events.probing(pod, &probed);
     lock(&inner.prober).sync_pod(pod, &running, &pod_ip);
     // The volumes of API objects follow their objects while the pod runs.
     let refresh = api_objects.is_some() && objects::has_api_volumes(pod) && sandbox_ready;
@@ -879,6 +950,22 @@ async fn sync_once(
         .flatten()
         .min();
     Ok(Step::Done(requeue))
+}
+
+/// The `Failed` event of a container that could not be started, as upstream words it:
+/// an image that is not there says its waiting reason (`Error: ErrImagePull`, the pull's
+/// own events said why), other failures their message; a failed postStart hook has its
+/// own event already.
+fn start_failed(inner: &Inner, pod: &Pod, container: &str, (reason, message): &(String, String)) {
+    let why = match reason.as_str() {
+        "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" => reason,
+        "PostStartHookError" => return,
+        _ => message,
+    };
+    let kind = EventType::Warning;
+    inner
+        .events
+        .container(pod, container, kind, ev::FAILED, ev::error(why));
 }
 
 /// How long until a container that failed to start is looked at again: when its image's
@@ -1193,12 +1280,21 @@ async fn start_container(
         .map_err(|e| ("CreateContainerError".to_string(), e.message().to_string()))?
         .into_inner()
         .container_id;
+    let normal = EventType::Normal;
+    let created = ev::created(&s.name);
+    inner
+        .events
+        .container(pod, &s.name, normal, ev::CREATED, created);
     rt.start_container(v1::StartContainerRequest {
         container_id: id.clone(),
     })
     .await
     .map_err(|e| ("RunContainerError".to_string(), e.message().to_string()))?;
     tracing::info!(pod = %pod_name(pod), container = %s.name, attempt = s.attempt, container.id = %id, "container started");
+    let started = ev::started(&s.name);
+    inner
+        .events
+        .container(pod, &s.name, normal, ev::STARTED, started);
     if let Some(hook) = container
         .lifecycle
         .as_ref()
@@ -1219,8 +1315,15 @@ async fn start_container(
             handlers::lifecycle(&target, &hook, &container, POST_START_BUDGET).await
         {
             tracing::warn!(pod = %pod_name(pod), container = %s.name, %msg, "postStart hook failed; killing the container");
+            let message = ev::POST_START_FAILED_MESSAGE.to_string();
+            let (kind, reason) = (EventType::Warning, ev::FAILED_POST_START_HOOK);
+            inner.events.container(pod, &s.name, kind, reason, message);
             // As any kill: its preStop hook, then the grace period.
-            if let Err(e) = kill_container(inner, pod, pod_ip, &id, &s.name, None, None).await {
+            let cause = KillCause {
+                reason: None,
+                message: Some(ev::FAILED_POST_START_HOOK),
+            };
+            if let Err(e) = kill_container(inner, pod, pod_ip, &id, &s.name, cause, None).await {
                 tracing::warn!(pod = %pod_name(pod), container = %s.name, err = %e, "killing the container after its postStart hook failed");
             }
             return Err(("PostStartHookError".into(), msg));
@@ -1358,19 +1461,32 @@ async fn ensure_image(
         .await
         .ok()
         .and_then(|r| r.into_inner().image);
+    let event = |kind: EventType, reason: &str, message: String| {
+        inner.events.container(pod, &c.name, kind, reason, message);
+    };
     match (policy.as_str(), present) {
         ("Never", None) => {
+            event(
+                EventType::Warning,
+                ev::ERR_IMAGE_NEVER_PULL,
+                ev::never_pull(&image),
+            );
             return Err((
                 "ErrImageNeverPull".into(),
                 format!("container image {image:?} is not present with pull policy of Never"),
             ));
         }
-        ("Never" | "IfNotPresent", Some(img)) => return Ok(img),
+        ("Never" | "IfNotPresent", Some(img)) => {
+            event(EventType::Normal, ev::PULLED, ev::already_present(&image));
+            return Ok(img);
+        }
         _ => {}
     }
     if let Some(b) = mem.image_backoff.get(&image)
         && SystemTime::now() < b.last_finish + b.delay
     {
+        // Normal, as upstream: the failure itself was a Warning already.
+        event(EventType::Normal, ev::BACK_OFF, ev::pull_back_off(&image));
         return Err((
             "ImagePullBackOff".into(),
             format!("back-off pulling image {image:?}"),
@@ -1378,8 +1494,11 @@ async fn ensure_image(
     }
     let auths = pull_auths(inner, pod, &image).await;
     tracing::info!(image = %image, credentials = auths.len(), "pulling image");
+    event(EventType::Normal, ev::PULLING, ev::pulling(&image));
+    let pull_started = std::time::Instant::now();
     match pull_with(&mut images, &spec, auths).await {
         Ok(r) => {
+            let took = pull_started.elapsed();
             mem.image_backoff.remove(&image);
             let image_ref = r.image_ref;
             // The pulled image's user, for runAsNonRoot and the default runAsUser.
@@ -1394,12 +1513,20 @@ async fn ensure_image(
                 .await
                 .ok()
                 .and_then(|r| r.into_inner().image);
+            let size = pulled.as_ref().map(|i| i.size).unwrap_or_default();
+            event(
+                EventType::Normal,
+                ev::PULLED,
+                ev::pulled(&image, took, size),
+            );
             Ok(pulled.unwrap_or(v1::Image {
                 id: image_ref,
                 ..Default::default()
             }))
         }
         Err(e) => {
+            let message = ev::pull_failed(&image, &ev::rpc_error(&e));
+            event(EventType::Warning, ev::FAILED, message);
             let prev = mem.image_backoff.get(&image).copied();
             // Unlike a crash, a failed pull waits the initial delay before its first
             // retry (ErrImagePull, then ImagePullBackOff), as upstream.
@@ -1450,19 +1577,36 @@ fn grace_seconds(
         .max(0) as u64
 }
 
-/// Kills one container as upstream killContainer does: its preStop hook within the
-/// grace period (skipped when the period is 0), then StopContainer with what is left,
-/// at least [`MIN_STOP_SECONDS`]. `grace` overrides the computed period (what is left of
-/// a pod-wide one).
+/// Why a container is killed: the planner's reason (a probe's own grace period) and
+/// what the `Killing` event says (None: `Stopping container <name>`, as for every kill of
+/// a whole pod).
+#[derive(Debug, Clone, Copy, Default)]
+struct KillCause<'a> {
+    reason: Option<plan::KillReason>,
+    message: Option<&'a str>,
+}
+
+/// Kills one container as upstream killContainer does: the `Killing` event, its preStop
+/// hook within the grace period (skipped when the period is 0), then StopContainer with
+/// what is left, at least [`MIN_STOP_SECONDS`]. `grace` overrides the computed period
+/// (what is left of a pod-wide one).
 async fn kill_container(
     inner: &Inner,
     pod: &Pod,
     pod_ip: &str,
     id: &str,
     name: &str,
-    reason: Option<plan::KillReason>,
+    cause: KillCause<'_>,
     grace: Option<Duration>,
 ) -> Result<(), SyncError> {
+    let reason = cause.reason;
+    let message = cause
+        .message
+        .map_or_else(|| ev::stopping(name), str::to_string);
+    let normal = EventType::Normal;
+    inner
+        .events
+        .container(pod, name, normal, ev::KILLING, message);
     let spec = pod.spec.clone().unwrap_or_default();
     let container = spec
         .init_containers
@@ -1485,6 +1629,9 @@ async fn kill_container(
         if let handlers::Outcome::Failure(msg) = handlers::lifecycle(&target, hook, c, grace).await
         {
             tracing::warn!(pod = %pod_name(pod), container = %name, %msg, "preStop hook failed");
+            let message = ev::PRE_STOP_FAILED_MESSAGE.to_string();
+            let (kind, reason) = (EventType::Warning, ev::FAILED_PRE_STOP_HOOK);
+            inner.events.container(pod, name, kind, reason, message);
         }
     }
     let left = grace
@@ -1540,15 +1687,11 @@ async fn kill_pod(
         .collect();
     let (side, main): (Vec<_>, Vec<_>) = live.iter().partition(|(_, n)| sidecars.contains(n));
     let kills = main.iter().map(|(id, name)| {
-        kill_container(
-            inner,
-            pod,
-            &pod_ip,
-            id,
-            name,
-            reasons.get(id).copied(),
-            None,
-        )
+        let cause = KillCause {
+            reason: reasons.get(id).copied(),
+            message: None,
+        };
+        kill_container(inner, pod, &pod_ip, id, name, cause, None)
     });
     for r in futures::future::join_all(kills).await {
         r?;
@@ -1557,7 +1700,8 @@ async fn kill_pod(
     for name in sidecars.iter().rev() {
         for (id, _) in side.iter().filter(|(_, n)| n == name) {
             let left = pod_grace.saturating_sub(started.elapsed());
-            kill_container(inner, pod, &pod_ip, id, name, None, Some(left)).await?;
+            let cause = KillCause::default();
+            kill_container(inner, pod, &pod_ip, id, name, cause, Some(left)).await?;
         }
     }
     let mut rt = inner.cri.runtime.clone();
@@ -1637,6 +1781,7 @@ async fn terminate(
     // No probe runs against containers being stopped (a failing liveness probe must not
     // restart anything now).
     lock(&inner.prober).forget_pod(uid);
+    inner.events.forget(uid);
     // Its objects are no longer watched, its tokens no longer renewed.
     if let Some(o) = inner.objects() {
         o.track(uid, &Default::default());

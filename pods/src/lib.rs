@@ -6,6 +6,9 @@
 //! - `status`: observed state → `PodStatus` as the upstream kubelet computes it (pure).
 //! - `objects`: the seam through which API objects (config maps, secrets, tokens,
 //!   services) reach the engine; the kubelet implements it over its API client.
+//! - `events`: the seam through which the engine reports Kubernetes events (Pulled,
+//!   Started, BackOff, Unhealthy…) with upstream's reasons; the kubelet records them
+//!   through the API.
 //!
 //! The labels and annotations below are how a pod's sandbox and containers are found
 //! again in the runtime: the same keys the upstream kubelet writes, so `crictl ps`
@@ -17,6 +20,7 @@ pub mod credentials;
 pub mod cri;
 pub mod engine;
 pub mod envvars;
+pub mod events;
 pub mod handlers;
 pub mod objects;
 pub mod plan;
