@@ -441,3 +441,35 @@ async fn pods_the_node_cannot_take_are_rejected_with_upstream_reasons() -> R {
         .with_context(|| kubelet.log_text())?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_deployments_pods_run_on_the_node() -> R {
+    let cluster = Cluster::start()?;
+    if cluster.server().is_some() {
+        // The test API server runs no controllers: no ReplicaSet would ever make pods.
+        eprintln!("SKIPPED against the test API server: it has no deployment controller");
+        return Ok(());
+    }
+    let kubelet = join(&cluster, &[]).await?;
+    let node = node_name();
+    let name = format!("nodelet-e2e-deploy-{}", std::process::id());
+    let template: Value = serde_json::from_str(&pod_manifest(&name, &node, "exec sleep 1000"))?;
+    let deployment = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": template["spec"]}
+        }
+    });
+    cluster.apply(&deployment)?;
+    cluster
+        .wait(&["deployment", "-n", "default", &name], LONG, |d| {
+            d.is_some_and(|d| d["status"]["readyReplicas"] == 2)
+        })
+        .await
+        .with_context(|| kubelet.log_text())?;
+    cluster.kubectl(&["delete", "deployment", "-n", "default", &name], None)?;
+    Ok(())
+}
