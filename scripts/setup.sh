@@ -9,6 +9,7 @@ packages=(
   iproute2                                         # `ip`, for pod network setup
   docker-registry apache2-utils skopeo umoci       # test registry, htpasswd, image tools
   busybox-static                                   # test image content
+  curl                                             # HTTPS client of the kubelet API tests
   containerd                                       # peer CRI for interop tests
 )
 missing=()

@@ -12,6 +12,7 @@ mod mirror;
 mod node;
 mod objects;
 mod readonly;
+mod server;
 mod static_pods;
 mod status;
 
@@ -89,6 +90,10 @@ pub struct Args {
     /// Where the node's certificates live (default <root-dir>/pki).
     #[arg(long = "cert-dir")]
     cert_dir: Option<PathBuf>,
+    /// The kubelet API (--port): client certificates signed by these CAs authenticate
+    /// (user = CN, groups = O); bearer tokens always do, through TokenReview.
+    #[arg(long = "client-ca-file")]
+    client_ca_file: Option<PathBuf>,
     /// Renew the client certificate before it expires. Also `rotateCertificates` in
     /// --config.
     #[arg(long = "rotate-certificates", num_args = 0..=1, default_missing_value = "true")]
@@ -160,10 +165,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(cfg))
+    runtime.block_on(run(cfg, args.client_ca_file.clone()))
 }
 
-async fn run(cfg: config::Settings) -> anyhow::Result<()> {
+async fn run(cfg: config::Settings, client_ca_file: Option<PathBuf>) -> anyhow::Result<()> {
     let shutdown = tokio_util_shutdown();
     let endpoint = match &cfg.runtime_endpoint {
         Some(e) => e.clone(),
@@ -263,7 +268,17 @@ async fn run(cfg: config::Settings) -> anyhow::Result<()> {
     let (mut api, mut admission) = match &cfg.cluster {
         Some(c) => {
             let statics_rx = statics.as_ref().map(|(rx, _)| rx.clone());
-            let joined = join_cluster(c, &version, &client, &engine, statics_rx, &shutdown).await?;
+            let api = server::Config {
+                addr: std::net::SocketAddr::from((
+                    [0, 0, 0, 0],
+                    u16::try_from(c.node.kubelet_port).context("--port")?,
+                )),
+                node_name: c.node.name.clone(),
+                client_ca_file: client_ca_file.clone(),
+                pod_logs_dir: cfg.pod_logs_dir.clone(),
+            };
+            let joined =
+                join_cluster(c, api, &version, &client, &engine, statics_rx, &shutdown).await?;
             (Some(joined.pods), Some(joined.admission))
         }
         None => (None, None),
@@ -468,6 +483,7 @@ async fn runtime_classes(
 /// to this node.
 async fn join_cluster(
     c: &config::ClusterSettings,
+    api: server::Config,
     version: &proto::v1::VersionResponse,
     cri: &pods::cri::Cri,
     engine: &pods::engine::Engine,
@@ -484,8 +500,8 @@ async fn join_cluster(
     // Events about its pods (Pulled, Started, BackOff, Unhealthy…), as upstream's kubelet.
     engine.set_events(events::ApiRecorder::start(client.clone(), &c.node.name));
     let mut spec = c.node.clone();
-    // For the :10250 server to come: its certificate, kept current.
-    let _serving = bootstrap::serving_certificate(
+    // For the :10250 server: its certificate, kept current.
+    let serving = bootstrap::serving_certificate(
         &bootstrap::ServingConfig {
             cert_dir: c.certificates.cert_dir.clone(),
             node_name: spec.name.clone(),
@@ -499,6 +515,18 @@ async fn join_cluster(
     )
     .await
     .context("the serving certificate")?;
+    // The kubelet API (:10250): authenticated and authorized through the API server.
+    server::start(
+        api,
+        server::Sources {
+            client: client.clone(),
+            views: engine.views(),
+            serving,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .context("the kubelet API")?;
     spec.runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
     if c.register_node {
