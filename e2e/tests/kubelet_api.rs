@@ -185,6 +185,60 @@ async fn kubelet_api_authenticates_authorizes_and_serves_logs_and_pods() -> R {
         "{list}"
     );
 
+    // The Summary API: the running pod with its container's cpu and memory.
+    let mut last = (0, serde_json::Value::Null);
+    for _ in 0..50 {
+        let (code, body) = get(&serving, port, "/stats/summary", Cred::Token(&reader))?;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let found = v["pods"].as_array().is_some_and(|ps| {
+            ps.iter().any(|p| {
+                p["podRef"]["name"] == pod.as_str()
+                    && p["podRef"]["namespace"] == "default"
+                    && p["podRef"]["uid"].as_str().is_some_and(|u| !u.is_empty())
+                    && p["containers"].as_array().is_some_and(|cs| {
+                        cs.iter().any(|c| {
+                            c["name"] == "app"
+                                && c["cpu"]["usageCoreNanoSeconds"].is_u64()
+                                && c["memory"]["workingSetBytes"].is_u64()
+                        })
+                    })
+            })
+        });
+        last = (code, v);
+        if code == 200 && found {
+            break;
+        }
+        last.0 = 0;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last.0, 200, "{} {}", last.1, kubelet.log_text());
+    assert_eq!(last.1["node"]["nodeName"], node.as_str(), "{}", last.1);
+    assert!(
+        last.1["node"]["cpu"]["usageCoreNanoSeconds"].is_u64(),
+        "{}",
+        last.1
+    );
+    assert!(
+        last.1["node"]["memory"]["workingSetBytes"].is_u64(),
+        "{}",
+        last.1
+    );
+    let (code, body) = get(&serving, port, "/metrics/resource", Cred::Token(&reader))?;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.lines().any(|l| l.starts_with(&format!(
+            "container_memory_working_set_bytes{{container=\"app\",namespace=\"default\",pod=\"{pod}\"}} "
+        ))),
+        "{body}"
+    );
+    assert!(body.contains("\nscrape_error 0\n"), "{body}");
+    let (code, body) = get(&serving, port, "/stats/summary", Cred::Token(&nobody))?;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body.trim(),
+        "Forbidden (user=nobody, verb=get, resource=nodes, subresource=stats)"
+    );
+
     // Authenticated, not authorized: upstream's message.
     let (code, body) = get(&serving, port, &logs, Cred::Token(&nobody))?;
     assert_eq!(code, 403, "{body}");

@@ -276,6 +276,7 @@ async fn run(cfg: config::Settings, client_ca_file: Option<PathBuf>) -> anyhow::
                 node_name: c.node.name.clone(),
                 client_ca_file: client_ca_file.clone(),
                 pod_logs_dir: cfg.pod_logs_dir.clone(),
+                root_dir: cfg.root_dir.clone(),
             };
             let joined =
                 join_cluster(c, api, &version, &client, &engine, statics_rx, &shutdown).await?;
@@ -522,6 +523,7 @@ async fn join_cluster(
             client: client.clone(),
             views: engine.views(),
             serving,
+            cri: cri.clone(),
         },
         shutdown.clone(),
     )

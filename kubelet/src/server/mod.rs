@@ -2,10 +2,12 @@
 //! rotates), every request authenticated (client certificate, else bearer token through
 //! TokenReview) and authorized (SubjectAccessReview on `nodes/<subresource>`), as
 //! upstream's defaults (`anonymous: false`, webhook authentication and authorization).
-//! Routes: `/healthz`, `/pods`, `/runningpods/`, `/containerLogs/{ns}/{pod}/{container}`.
+//! Routes: `/healthz`, `/pods`, `/runningpods/`, `/containerLogs/{ns}/{pod}/{container}`,
+//! `/stats/summary`, `/metrics/resource`.
 
 mod auth;
 mod logs;
+mod stats;
 mod tls;
 
 use std::convert::Infallible;
@@ -54,6 +56,8 @@ pub struct Config {
     /// bearer tokens authenticate).
     pub client_ca_file: Option<PathBuf>,
     pub pod_logs_dir: PathBuf,
+    /// `--root-dir`: its filesystem is the node's `fs` in the summary.
+    pub root_dir: PathBuf,
 }
 
 /// What the server reads from the rest of the agent.
@@ -61,12 +65,18 @@ pub struct Sources {
     pub client: kube::Client,
     pub views: watch::Receiver<PodViews>,
     pub serving: watch::Receiver<Option<PemPaths>>,
+    /// The runtime, for the pods' and containers' stats.
+    pub cri: pods::cri::Cri,
 }
 
 struct Shared {
     auth: auth::Auth,
     views: watch::Receiver<PodViews>,
     pod_logs_dir: PathBuf,
+    root_dir: PathBuf,
+    node_name: String,
+    cri: pods::cri::Cri,
+    cpu: stats::CpuSampler,
 }
 
 /// The client certificate's user of one connection, when it verified.
@@ -86,6 +96,10 @@ pub async fn start(cfg: Config, src: Sources, shutdown: CancellationToken) -> Re
         auth: auth::Auth::new(src.client, cfg.node_name.clone()),
         views: src.views,
         pod_logs_dir: cfg.pod_logs_dir,
+        root_dir: cfg.root_dir,
+        node_name: cfg.node_name.clone(),
+        cri: src.cri,
+        cpu: stats::CpuSampler::default(),
     });
     let app = router(shared);
     let addr = cfg.addr;
@@ -118,6 +132,8 @@ fn router(shared: Arc<Shared>) -> axum::Router {
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/stats/summary", get(stats_summary))
+        .route("/metrics/resource", get(metrics_resource))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), guard))
         .with_state(shared)
 }
@@ -286,6 +302,53 @@ async fn running_pods(State(s): State<Arc<Shared>>) -> Json<serde_json::Value> {
         })
         .collect();
     pod_list(items)
+}
+
+/// The node's and its pods' stats now; whether the runtime failed to answer.
+async fn summary(s: &Shared) -> (stats::Summary, bool) {
+    let now = stats::now_ns();
+    // The filesystem of the kubelet's data (--root-dir), as upstream's nodefs.
+    let mut node = stats::node_stats(&s.node_name, &s.root_dir, &s.cpu, now);
+    let (pods, failed) = match stats::from_runtime(&s.cri).await {
+        Ok((sandboxes, containers, images)) => {
+            node.runtime = Some(stats::RuntimeStats {
+                image_fs: images.as_ref().and_then(|i| stats::image_fs(i, now)),
+            });
+            let views = s.views.borrow().clone();
+            (
+                stats::pod_stats(&sandboxes, &containers, &views, now),
+                false,
+            )
+        }
+        Err(e) => {
+            tracing::warn!(err = %e, "reading the runtime's stats");
+            (Vec::new(), true)
+        }
+    };
+    (stats::Summary { node, pods }, failed)
+}
+
+async fn stats_summary(State(s): State<Arc<Shared>>) -> Response {
+    let (summary, failed) = summary(&s).await;
+    if failed {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed to get the runtime's pod and container stats",
+        );
+    }
+    Json(summary).into_response()
+}
+
+async fn metrics_resource(State(s): State<Arc<Shared>>) -> Response {
+    let (summary, failed) = summary(&s).await;
+    let body = stats::resource_metrics(&summary, failed, stats::now_ns());
+    Response::builder()
+        .header(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(Body::from(body))
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 
 fn find_pod(views: &PodViews, namespace: &str, name: &str) -> Option<Pod> {
