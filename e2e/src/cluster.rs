@@ -193,7 +193,18 @@ impl Cluster {
             self.kubectl(&["apply", "-f", "-"], Some(&binding.to_string()))?;
         }
         // The server and CA of the admin kubeconfig, with the token as the user.
-        let view = self.kubectl(&["config", "view", "--raw", "--minify", "-o", "json"], None)?;
+        let view = self.kubectl(
+            &[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "--flatten",
+                "-o",
+                "json",
+            ],
+            None,
+        )?;
         let view: Value = serde_json::from_str(&view)?;
         let cluster = &view["clusters"][0]["cluster"];
         let path = dir.join("bootstrap-kubeconfig");
@@ -211,12 +222,41 @@ impl Cluster {
 
 /// The node name the test kubelet runs as (`testnode` against the test server; a name
 /// of this run's own against a real one).
-pub fn node_name() -> String {
-    if std::env::var_os("E2E_KUBECONFIG").is_some() {
-        format!("nodelet-e2e-{}", std::process::id())
-    } else {
-        crate::kubelet::NODE_NAME.to_string()
+impl Drop for Cluster {
+    /// Against a real cluster, the test's Node goes (the pod GC then removes the pods
+    /// left bound to it).
+    fn drop(&mut self) {
+        if self.server.is_none() {
+            let name = node_name();
+            let _ = self.kubectl(
+                &[
+                    "delete",
+                    "node",
+                    &name,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ],
+                None,
+            );
+        }
     }
+}
+
+/// The node name the test kubelet runs as: `testnode` against the test server (one
+/// server per test); against a real cluster, a name of this test's own (tests run in
+/// parallel, each on its own thread named after it), so no two kubelets share a Node.
+pub fn node_name() -> String {
+    if std::env::var_os("E2E_KUBECONFIG").is_none() {
+        return crate::kubelet::NODE_NAME.to_string();
+    }
+    use sha2::Digest as _;
+    let test = std::thread::current().name().unwrap_or("main").to_string();
+    let digest = sha2::Sha256::digest(test.as_bytes());
+    format!(
+        "nodelet-e2e-{}-{}",
+        std::process::id(),
+        &hex::encode(digest)[..6]
+    )
 }
 
 pub fn condition<'a>(obj: &'a Value, kind: &str) -> Option<&'a Value> {

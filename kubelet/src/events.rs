@@ -188,59 +188,46 @@ fn s(v: &Option<String>) -> &str {
 }
 
 /// Source and object: what the token bucket is per.
-fn spam_key(e: &Event) -> String {
-    let src = e.source.clone().unwrap_or_default();
+fn spam_fields(e: &Event) -> Vec<&str> {
     let o = &e.involved_object;
-    [
-        s(&src.component),
-        s(&src.host),
+    let src = e.source.as_ref();
+    vec![
+        src.map_or("", |x| s(&x.component)),
+        src.map_or("", |x| s(&x.host)),
         s(&o.kind),
         s(&o.namespace),
         s(&o.name),
         s(&o.uid),
         s(&o.api_version),
     ]
-    .join("\n")
+}
+
+fn spam_key(e: &Event) -> String {
+    spam_fields(e).join("\n")
 }
 
 /// Source, object, type and reason: events alike but for their message.
 fn similar_key(e: &Event) -> String {
-    let src = e.source.clone().unwrap_or_default();
-    let o = &e.involved_object;
-    [
-        s(&src.component),
-        s(&src.host),
-        s(&o.kind),
-        s(&o.namespace),
-        s(&o.name),
-        s(&o.uid),
-        s(&o.api_version),
+    let mut k = spam_fields(e);
+    k.extend([
         s(&e.type_),
         s(&e.reason),
         s(&e.reporting_component),
         s(&e.reporting_instance),
-    ]
-    .join("\n")
+    ]);
+    k.join("\n")
 }
 
 /// Everything that makes two events the same one.
 fn event_key(e: &Event) -> String {
-    let src = e.source.clone().unwrap_or_default();
-    let o = &e.involved_object;
-    [
-        s(&src.component),
-        s(&src.host),
-        s(&o.kind),
-        s(&o.namespace),
-        s(&o.name),
-        s(&o.field_path),
-        s(&o.uid),
-        s(&o.api_version),
+    let mut k = spam_fields(e);
+    k.extend([
+        s(&e.involved_object.field_path),
         s(&e.type_),
         s(&e.reason),
         s(&e.message),
-    ]
-    .join("\n")
+    ]);
+    k.join("\n")
 }
 
 /// A map of at most `cap` entries; the least recently used goes first.

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::sync::mpsc;
 
-/// How often a followed log is checked for new records.
-const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// How often a followed log whose file is quiet is checked for its container having
+/// stopped (new records wake the reader at once, through inotify).
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -313,6 +314,20 @@ pub async fn stream(
         return Ok(());
     }
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    // A write to the log (or a newer instance's log appearing) wakes the reader; a
+    // burst of writes is one wake-up.
+    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+    let _watcher = {
+        use notify::Watcher as _;
+        notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            if ev.is_ok() {
+                let _ = wake_tx.try_send(());
+            }
+        })
+        .and_then(|mut w| w.watch(&dir, notify::RecursiveMode::NonRecursive).map(|()| w))
+        .map_err(|e| tracing::warn!(dir = %dir.display(), err = %e, "watching a followed log; checking it every second"))
+        .ok()
+    };
     loop {
         if budget == Some(0) {
             return Ok(());
@@ -333,7 +348,8 @@ pub async fn stream(
             return Ok(());
         }
         tokio::select! {
-            _ = tokio::time::sleep(FOLLOW_POLL) => {}
+            _ = wake_rx.recv() => {}
+            _ = tokio::time::sleep(LIVENESS_CHECK) => {}
             _ = tx.closed() => return Ok(()),
         }
     }
